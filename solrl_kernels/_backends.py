@@ -1,0 +1,93 @@
+"""Which execution paths exist here, and why the others don't — one check used everywhere.
+
+Paths (DESIGN §3): ``native`` (solrl_kernels._C, CUTLASS kernels), ``triton`` (Triton
+kernels on a CUDA GPU; on CPU only in the interpreter, TRITON_INTERPRET=1), ``emulated``
+(plain torch, everywhere).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+
+@functools.lru_cache(maxsize=None)
+def _load_native() -> tuple[bool, str]:
+    try:
+        from . import _C  # noqa: F401  registers torch.ops.solrl_kernels.*
+    except ImportError as e:
+        return False, (
+            f"solrl_kernels._C is not built ({e}); build it with a CUDA torch and nvcc: "
+            "pip install nvidia-cutlass==4.2.0.0 && pip install --no-build-isolation ."
+        )
+    except OSError as e:  # built against another torch / CUDA
+        return False, f"solrl_kernels._C failed to load ({e}); rebuild against this torch"
+    return True, "solrl_kernels._C loaded"
+
+
+def native_ops_available() -> bool:
+    return _load_native()[0]
+
+
+def native_unavailable_reason() -> str:
+    return _load_native()[1]
+
+
+def triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_import() -> tuple[bool, str]:
+    try:
+        import triton  # noqa: F401
+    except ImportError as e:
+        return False, f"triton is not installed ({e})"
+    return True, f"triton {triton.__version__}"
+
+
+def triton_available(device: torch.device | str | None = None) -> bool:
+    """True where Triton kernels can run on tensors of `device` (CUDA, or CPU interpreted)."""
+    if not _triton_import()[0]:
+        return False
+    dev = torch.device(device) if device is not None else None
+    if dev is None or dev.type == "cuda":
+        return torch.cuda.is_available() or triton_interpreting()
+    return dev.type == "cpu" and triton_interpreting()
+
+
+def triton_unavailable_reason() -> str:
+    ok, why = _triton_import()
+    if not ok:
+        return why
+    if not torch.cuda.is_available():
+        return "no CUDA GPU (set TRITON_INTERPRET=1 to run the kernels on CPU, slowly)"
+    return why
+
+
+def cuda_capability() -> tuple[int, int] | None:
+    return torch.cuda.get_device_capability() if torch.cuda.is_available() else None
+
+
+def backends_report() -> list[tuple[str, bool, str]]:
+    """[(path, available, why)] for native, triton, emulated."""
+    cap = cuda_capability()
+    native_ok, native_why = _load_native()
+    if native_ok:
+        if cap is None:
+            native_ok, native_why = False, "built, but no CUDA GPU is visible"
+        elif cap[0] not in (9, 10):
+            native_ok, native_why = False, f"built for sm_90a/sm_100a; this GPU is sm_{cap[0]}{cap[1]}"
+        else:
+            native_why = f"{native_why}; GPU sm_{cap[0]}{cap[1]} ({torch.cuda.get_device_name()})"
+    triton_ok = triton_available("cuda")
+    triton_why = _triton_import()[1] if torch.cuda.is_available() else triton_unavailable_reason()
+    if triton_interpreting() and not torch.cuda.is_available():
+        triton_why += " (interpreter on CPU: for tests, not speed)"
+    return [
+        ("native", native_ok, native_why),
+        ("triton", triton_ok, triton_why),
+        ("emulated", True, f"plain torch {torch.__version__}, any device"),
+    ]
