@@ -13,7 +13,7 @@ import os
 import torch
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_native() -> tuple[bool, str]:
     try:
         from . import _C  # noqa: F401  registers torch.ops.solrl_kernels.*
@@ -39,7 +39,7 @@ def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _triton_import() -> tuple[bool, str]:
     try:
         import triton  # noqa: F401

@@ -9,8 +9,10 @@ FP8-exact NVFP4 ("fp8_exact", DESIGN §3): the same layout, but
     s_blk        = clamp(round_up_to_{1,1.5}*2^e(amax_blk / 6 / global_scale), 2^-7, 64)
 so every e2m1 * s_blk is exactly representable in E4M3 (shift 2^0: the product itself),
 and the tensor expands losslessly to FP8 values times one fp32 scale. With
-``scale_search=True`` each block tries the rounded-up scale and the next two smaller
-{1, 1.5}*2^e values and keeps the one with the least squared error (ties: the larger).
+``scale_search=True`` each block tries the rounded-up scale, then the next smaller and the
+next larger {1, 1.5}*2^e value (within [2^-7, 64]), and keeps the first one with the least
+squared error. Measured relative RMS error on N(0,1) data (4096x1024): rn 0.0951,
+fp8_exact 0.1148 (round-up), 0.0984 (search); Student-t(3): rn 0.0904, 0.1320, see tests.
 
 All arithmetic is fp32, in the order written above (x / (s_blk * global_scale), then
 round), which the kernels reproduce bit for bit.
@@ -27,7 +29,7 @@ F8E4M3_MAX = 448.0
 E4M3_MIN_SUBNORMAL = 2.0**-9
 FP8_EXACT_SCALE_MAX = 64.0  # largest {1,1.5}*2^e with 6*s <= 448 exactly representable
 FP8_EXACT_SCALE_MIN = 2.0**-7  # smallest s for which all e2m1*s are exact E4M3 values
-GLOBAL_SCALE_MIN = 2.0**-100  # keeps s_blk * global_scale a normal fp32 number
+GLOBAL_SCALE_MIN = 2.0**-116  # keeps s_blk * global_scale (>= 2^-9 * gs) a normal fp32 number
 
 # e2m1 magnitude per 3-bit index; code bit 3 is the sign
 E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
@@ -122,11 +124,20 @@ def round_down_one_bit_step(s: torch.Tensor) -> torch.Tensor:
     return torch.where(mant != 0, expo, (expo - 0x800000) | 0x400000).view(torch.float32)
 
 
+def round_up_one_bit_step(s: torch.Tensor) -> torch.Tensor:
+    """The next larger value of the {1, 1.5}·2^e grid, for s on that grid and s > 0."""
+    bits = s.float().contiguous().view(torch.int32)
+    mant = bits & 0x7FFFFF
+    expo = bits & 0x7F800000
+    # 1.0*2^e -> 1.5*2^e ; 1.5*2^e -> 1.0*2^(e+1)
+    return torch.where(mant == 0, expo | 0x400000, expo + 0x800000).view(torch.float32)
+
+
 def global_scale_from_amax(amax: torch.Tensor, rule: ScaleRule) -> torch.Tensor:
     """fp32 decode scale: amax / (6 * S_MAX) (S_MAX = 448 for "rn", 64 for "fp8_exact").
 
-    amax == 0 (an all-zero tensor or row) gives 1.0; tiny amax is floored at 2^-100 so that
-    s_blk * global_scale never underflows.
+    amax == 0 (an all-zero tensor or row) gives 1.0; amax below ~3e-32 floors it at 2^-116 so
+    that s_blk * global_scale stays a normal fp32 number (such tiny tensors lose precision).
     """
     gs = amax.float() / (F4_E2M1_MAX * rule_scale_max(rule))
     gs = torch.where(amax > 0, gs.clamp(min=GLOBAL_SCALE_MIN), torch.ones_like(gs))
@@ -193,9 +204,11 @@ def quantize(
     codes = quantize_blocks(xb, s, gs_rows)
     if scale_search:
         best_err = _sse(xb, codes, s, gs_rows)
-        cand = s
-        for _ in range(2):
-            cand = round_down_one_bit_step(cand).clamp(min=FP8_EXACT_SCALE_MIN)
+        s_up = s
+        for cand in (
+            round_down_one_bit_step(s_up).clamp(min=FP8_EXACT_SCALE_MIN),
+            round_up_one_bit_step(s_up).clamp(max=FP8_EXACT_SCALE_MAX),
+        ):
             c_codes = quantize_blocks(xb, cand, gs_rows)
             err = _sse(xb, c_codes, cand, gs_rows)
             better = err < best_err

@@ -1,0 +1,103 @@
+"""torch.library ops over the Triton quantization kernels (traceable by torch.compile).
+
+    torch.ops.solrl_kernels.nvfp4_quantize(x2d, global_scale, fp8_exact, scale_search,
+        per_row, compute_gs, blocked, write_packed, write_fp8) -> (data, scales, gs, fp8)
+    torch.ops.solrl_kernels.nvfp4_dequantize(data, scales, global_scale, K, per_row,
+        blocked, dtype) -> out
+
+Shapes: x2d (R, K) with K % 16 == 0; data (R, K/2) uint8; scales (R, K/16) uint8 bits of
+E4M3, or the flat blocked layout; gs (R,) or (1,) fp32; fp8 (R, K) float8_e4m3fn. Outputs
+that were not asked for are returned empty; gs is returned only when computed
+(compute_gs), else empty (an op's output may not alias its input). `triton_op` derives the fake (meta)
+implementation by running this function on fake tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+from torch._subclasses.fake_tensor import is_fake
+
+from .._backends import triton_interpreting
+from . import kernels
+from .layouts import blocked_numel
+
+
+def launch(kernel, grid, *args, **meta) -> None:
+    """kernel[grid](*args, **meta), visible to torch.compile through wrap_triton.
+
+    Under TRITON_INTERPRET=1 kernels are plain interpreted callables: call them directly,
+    and not at all on fake/meta tensors (shape propagation needs no launch).
+    """
+    if not triton_interpreting():
+        torch.library.wrap_triton(kernel)[grid](*args, **meta)
+    elif not any(is_fake(a) or a.device.type == "meta" for a in args if isinstance(a, torch.Tensor)):
+        kernel[grid](*args, **meta)
+
+
+def _block_m(per_row_pass: bool, R: int) -> int:
+    # row mode re-reads its rows after the amax walk: keep a program's rows L2-resident
+    return 4 if per_row_pass else 16
+
+
+@torch.library.triton_op("solrl_kernels::nvfp4_quantize", mutates_args=())
+def nvfp4_quantize(
+    x: torch.Tensor,
+    global_scale: torch.Tensor,
+    fp8_exact: bool,
+    scale_search: bool,
+    per_row: bool,
+    compute_gs: bool,
+    blocked: bool,
+    write_packed: bool,
+    write_fp8: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    R, K = x.shape
+    dev = x.device
+    data = x.new_empty((R, K // 2) if write_packed else (0,), dtype=torch.uint8)
+    if not write_packed:
+        scales = x.new_empty((0,), dtype=torch.uint8)
+    elif blocked:
+        scales = x.new_zeros((blocked_numel(R, K // 16),), dtype=torch.uint8)  # zero padding
+    else:
+        scales = x.new_empty((R, K // 16), dtype=torch.uint8)
+    fp8 = x.new_empty((R, K) if write_fp8 else (0,), dtype=torch.float8_e4m3fn)
+    gs_out = torch.empty((R if compute_gs else 0,), device=dev, dtype=torch.float32)
+    if R == 0 or K == 0:
+        return data, scales, gs_out.fill_(1.0), fp8
+    block_m = _block_m(compute_gs, R)
+    block_k = 128 if scale_search else 256
+    grid = (triton.cdiv(R, block_m),)
+    launch(
+        kernels.nvfp4_quantize_kernel, grid,
+        x, data, scales, gs_out if compute_gs else global_scale, fp8.view(torch.uint8),
+        R, K, x.stride(0),
+        FP8_EXACT=fp8_exact, SEARCH=scale_search, GS_PER_ROW=per_row, COMPUTE_GS=compute_gs,
+        BLOCKED=blocked, WRITE_PACKED=write_packed, WRITE_FP8=write_fp8,
+        BLOCK_M=block_m, BLOCK_K=block_k, num_warps=4, enable_fp_fusion=False,
+    )
+    return data, scales, gs_out, fp8
+
+
+@torch.library.triton_op("solrl_kernels::nvfp4_dequantize", mutates_args=())
+def nvfp4_dequantize(
+    data: torch.Tensor,
+    scales: torch.Tensor,
+    global_scale: torch.Tensor,
+    K: int,
+    per_row: bool,
+    blocked: bool,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    R = data.shape[0]
+    out = torch.empty((R, K), device=data.device, dtype=dtype)
+    if R == 0 or K == 0:
+        return out
+    block_m, block_k = 16, 256
+    launch(
+        kernels.nvfp4_dequantize_kernel, (triton.cdiv(R, block_m),),
+        data, scales, global_scale, out, R, K,
+        GS_PER_ROW=per_row, BLOCKED=blocked, BLOCK_M=block_m, BLOCK_K=block_k,
+        num_warps=4, enable_fp_fusion=False,
+    )
+    return out
