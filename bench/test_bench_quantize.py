@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from record import record
+
 from solrl_kernels import nvfp4
 from solrl_kernels.nvfp4 import reference as ref
 

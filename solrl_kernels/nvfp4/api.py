@@ -46,10 +46,7 @@ def _check_options(scale_rule, scale_search, granularity, scale_layout="row_majo
 
 
 def _tensor_amax(x2d: torch.Tensor) -> torch.Tensor:
-    # one fused read (no |x| temporary)
-    if x2d.numel() == 0:
-        return x2d.new_zeros((), dtype=torch.float32)
-    return torch.linalg.vector_norm(x2d, float("inf")).float()
+    return torch.ops.solrl_kernels.absmax(x2d.contiguous())
 
 
 def _run_kernel(x, scale_rule, scale_search, granularity, global_scale, blocked, packed, fp8):
@@ -155,6 +152,8 @@ def dequantize(
     """NVFP4Tensor -> dense (..., K) in dtype: (e2m1 · s_blk) · global_scale in fp32, then cast."""
     if not _use_triton(backend, t.device):
         return ref.dequantize(t, dtype)
+    if dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        return dequantize(t, torch.float32, backend).to(dtype)
     K = t.K
     out = torch.ops.solrl_kernels.nvfp4_dequantize(
         t.data.reshape(-1, K // 2),

@@ -1,13 +1,17 @@
 """Triton kernels for NVFP4 quantization and dequantization (bit-exact with reference.py).
 
-One program owns BLOCK_M whole rows and walks K in BLOCK_K chunks:
+One program owns BLOCK_M whole rows and walks K in BLOCK_K chunks. Elements are read as
+*pairs*: a 2-byte input is loaded as int32 words, fp32 as int64, so one word holds elements
+2j (low half) and 2j+1 (high half) — exactly the two nibbles of output byte j. No reshape,
+join or split (each a shared-memory layout shuffle) is needed:
 
-    rows r0..r0+BLOCK_M   x[r, k0:k0+BLOCK_K]  -> (BLOCK_M, BLOCK_K/16, 16) blocks
-                          amax per block -> s_blk (E4M3) -> e2m1 codes -> packed bytes
-                          (+ optionally the FP8-exact E4M3 values e2m1*s_blk)
+    words (BLOCK_M, NB, 8) --> even (BLOCK_M, NB, 8) fp32,  odd (BLOCK_M, NB, 8) fp32
+    amax_blk = max(|even|, |odd|) over the 8 pairs of a 16-element block -> s_blk (E4M3)
+    byte = code(even) | code(odd) << 4          (the packed layout, element 2j low)
+    fp8 bytes = join(e4m3(even), e4m3(odd))     (the E4M3 container, (R, K) bytes)
 
 With granularity "row" and no given global scale, a first walk over the row computes its
-amax (the second walk then reads the row from L2: one DRAM pass). Division is div_rn and
+amax (the second walk then reads the row from L2: one DRAM pass). Divisions are div_rn and
 FMA contraction is disabled at launch so the fp32 arithmetic matches torch bit for bit.
 """
 
@@ -84,15 +88,19 @@ def _one_bit_step_up(s):
 
 @triton.jit
 def _e2m1_codes(y):
-    """fp32 y (already clamped to +-6) -> int32 codes, RNE; sign bit from y's sign bit."""
-    a = tl.abs(y)
-    idx = (
-        (a > 0.25).to(tl.int32) + (a >= 0.75).to(tl.int32) + (a > 1.25).to(tl.int32)
-        + (a >= 1.75).to(tl.int32) + (a > 2.5).to(tl.int32) + (a >= 3.5).to(tl.int32)
-        + (a > 5.0).to(tl.int32)
-    )
-    sign = (y.to(tl.int32, bitcast=True) >> 31) & 1
-    return idx | (sign << 3)
+    """fp32 y -> int32 e2m1 codes, RNE, saturating at +-6; sign bit from y's sign bit.
+
+    |y| < 1: add 2^22 (fp32 ulp 0.5 there) and read the number of 0.5 quanta off the bits;
+    |y| >= 1: round the fp32 mantissa to one bit (ties to even) with integer ops, and
+    read exponent and mantissa bit together: bits >> 22 is 254 for 1.0 ... 259 for 6.0.
+    Equivalent to the threshold table of reference.float_to_e2m1 (tested exhaustively).
+    """
+    a = tl.minimum(tl.abs(y), 6.0)
+    small = (a + 4194304.0).to(tl.int32, bitcast=True) - 0x4A800000
+    b = a.to(tl.int32, bitcast=True)
+    big = ((b + 0x1FFFFF + ((b >> 22) & 1)) >> 22) - 252
+    idx = tl.where(a < 1.0, small, big)
+    return idx | ((y.to(tl.int32, bitcast=True) >> 28) & 8)
 
 
 @triton.jit
@@ -107,19 +115,33 @@ def _e2m1_values(codes):
 
 
 @triton.jit
-def _quantize_blocks(xb, s, gs):
-    """xb (BM, NB, 16), s (BM, NB), gs (BM,) -> int32 codes (BM, NB, 16)."""
-    total = s * gs[:, None]
-    y = tl.math.div_rn(xb, total[:, :, None])
-    y = tl.minimum(tl.maximum(y, -6.0), 6.0)
-    return _e2m1_codes(y)
+def _split_pairs(w, IN_KIND: tl.constexpr):
+    """Words of two elements -> (even, odd) fp32. IN_KIND: 0 bf16, 1 fp16 (int32 words),
+    2 fp32 (int64 words). bf16 -> fp32 is a 16-bit shift."""
+    if IN_KIND == 0:
+        even = (w << 16).to(tl.float32, bitcast=True)
+        odd = (w & -0x10000).to(tl.float32, bitcast=True)
+    elif IN_KIND == 1:
+        even = (w & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        odd = (w >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    else:
+        even = (w & 0xFFFFFFFF).to(tl.int32).to(tl.float32, bitcast=True)
+        odd = (w >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+    return even, odd
 
 
 @triton.jit
-def _block_sse(xb, codes, s, gs):
-    deq = _e2m1_values(codes) * (s * gs[:, None])[:, :, None]
-    d = xb - deq
-    return tl.sum(d * d, axis=2)
+def _codes(x, inv_total):
+    """x (BM, NB, 8) fp32, inv_total (BM, NB) -> int32 e2m1 codes."""
+    return _e2m1_codes(x * inv_total[:, :, None])
+
+
+@triton.jit
+def _pair_sse(xe, xo, ce, co, total):
+    t = total[:, :, None]
+    de = xe - _e2m1_values(ce) * t
+    do = xo - _e2m1_values(co) * t
+    return tl.sum(de * de + do * do, axis=2)
 
 
 @triton.jit
@@ -133,131 +155,195 @@ def _scale_offsets(rows, cols, NCB, BLOCKED: tl.constexpr, n_scale_cols):
 
 
 @triton.jit
+def _row_global_scale(amax_row, FP8_EXACT: tl.constexpr):
+    if FP8_EXACT:
+        gs = tl.math.div_rn(amax_row, GS_DIV_FP8_EXACT)
+    else:
+        gs = tl.math.div_rn(amax_row, GS_DIV_RN)
+    return tl.where(amax_row > 0, tl.maximum(gs, GLOBAL_SCALE_MIN), 1.0)
+
+
+@triton.jit
+def _quantize_chunk(
+    w, gs, k0, K, rows64, row_ok, data_ptr, scales_ptr, fp8_ptr,
+    IN_KIND: tl.constexpr, FP8_EXACT: tl.constexpr, SEARCH: tl.constexpr,
+    BLOCKED: tl.constexpr, WRITE_PACKED: tl.constexpr, WRITE_FP8: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Quantize one (BLOCK_M, BLOCK_K) chunk given as words (BLOCK_M, NB, 8) and store it."""
+    NB: tl.constexpr = BLOCK_K // 16
+    KW = K // 2
+    n_scale_cols = K // 16
+    blk = tl.arange(0, NB)
+    wcol = k0 // 2 + blk[None, :, None] * 8 + tl.arange(0, 8)[None, None, :]
+    row3 = rows64[:, None, None]
+    m = row_ok[:, None, None] & (wcol < KW)
+    xe, xo = _split_pairs(w, IN_KIND)
+    amax_blk = tl.max(tl.maximum(tl.abs(xe), tl.abs(xo)), axis=2)  # (BM, NB)
+    s_ideal = tl.math.div_rn(tl.math.div_rn(amax_blk, F4_E2M1_MAX), gs[:, None])
+    if FP8_EXACT:
+        s = tl.minimum(tl.maximum(_round_up_one_bit(s_ideal), FP8_EXACT_SCALE_MIN),
+                       FP8_EXACT_SCALE_MAX)
+    else:
+        s = _e4m3_rn(tl.minimum(tl.maximum(s_ideal, E4M3_MIN_SUBNORMAL), F8E4M3_MAX))
+    total = s * gs[:, None]
+    inv = tl.math.div_rn(1.0, total)
+    ce = _codes(xe, inv)
+    co = _codes(xo, inv)
+    if SEARCH:
+        best = _pair_sse(xe, xo, ce, co, total)
+        s_up = s
+        for step in tl.static_range(2):
+            if step == 0:
+                cand = tl.maximum(_one_bit_step_down(s_up), FP8_EXACT_SCALE_MIN)
+            else:
+                cand = tl.minimum(_one_bit_step_up(s_up), FP8_EXACT_SCALE_MAX)
+            c_total = cand * gs[:, None]
+            c_inv = tl.math.div_rn(1.0, c_total)
+            c_ce = _codes(xe, c_inv)
+            c_co = _codes(xo, c_inv)
+            err = _pair_sse(xe, xo, c_ce, c_co, c_total)
+            better = err < best
+            s = tl.where(better, cand, s)
+            ce = tl.where(better[:, :, None], c_ce, ce)
+            co = tl.where(better[:, :, None], c_co, co)
+            best = tl.where(better, err, best)
+    if WRITE_PACKED:
+        packed = (ce | (co << 4)).to(tl.uint8)
+        tl.store(data_ptr + row3 * KW + wcol, packed, mask=m)
+        scols = k0 // 16 + blk
+        soffs = _scale_offsets(rows64[:, None], scols[None, :], (n_scale_cols + 3) // 4,
+                               BLOCKED, n_scale_cols)
+        sm = row_ok[:, None] & (scols[None, :] < n_scale_cols)
+        tl.store(scales_ptr + soffs, s.to(tl.float8e4nv).to(tl.uint8, bitcast=True), mask=sm)
+    if WRITE_FP8:
+        ve = (_e2m1_values(ce) * s[:, :, None]).to(tl.float8e4nv).to(tl.uint8, bitcast=True)
+        vo = (_e2m1_values(co) * s[:, :, None]).to(tl.float8e4nv).to(tl.uint8, bitcast=True)
+        v16 = tl.reshape(tl.join(ve, vo), (BLOCK_M, NB, 16))  # pairs -> consecutive bytes
+        col16 = k0 + blk[None, :, None] * 16 + tl.arange(0, 16)[None, None, :]
+        tl.store(fp8_ptr + row3 * K + col16, v16, mask=row_ok[:, None, None] & (col16 < K))
+
+
+@triton.jit
 def nvfp4_quantize_kernel(
-    x_ptr, data_ptr, scales_ptr, gs_ptr, fp8_ptr,
-    R, K, stride_xr,
+    xw_ptr, data_ptr, scales_ptr, gs_ptr, fp8_ptr,
+    R, K, stride_w,
+    IN_KIND: tl.constexpr,  # 0 bf16, 1 fp16, 2 fp32 (xw_ptr: int32 / int32 / int64 words)
     FP8_EXACT: tl.constexpr,  # scale rule: 0 = "rn", 1 = "fp8_exact"
     SEARCH: tl.constexpr,  # fp8_exact MSE scale search
     GS_PER_ROW: tl.constexpr,  # gs_ptr holds R values (else one)
     COMPUTE_GS: tl.constexpr,  # compute the per-row global scale here and store it to gs_ptr
     BLOCKED: tl.constexpr,  # scales in the 128x4 swizzled layout
     WRITE_PACKED: tl.constexpr,  # write data (R, K/2) + scales
-    WRITE_FP8: tl.constexpr,  # write the FP8-exact E4M3 values e2m1*s_blk (R, K)
+    WRITE_FP8: tl.constexpr,  # write the FP8-exact E4M3 values e2m1*s_blk (R, K) as bytes
     BLOCK_M: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    BLOCK_K: tl.constexpr,  # >= K: the whole row is one chunk, loaded once (ONE_TILE)
 ):
     NB: tl.constexpr = BLOCK_K // 16
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < R
     rows64 = rows.to(tl.int64)
-    n_scale_cols = K // 16
-    NCB = (n_scale_cols + 3) // 4
+    KW = K // 2  # words per row
+    # word offsets of a (BLOCK_M, NB, 8) chunk, relative to its first word
+    woffs = tl.arange(0, NB)[None, :, None] * 8 + tl.arange(0, 8)[None, None, :]
+    wrow = xw_ptr + rows64[:, None, None] * stride_w
+    rowok3 = row_ok[:, None, None]
 
-    if COMPUTE_GS:
-        amax_row = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            cols = k0 + tl.arange(0, BLOCK_K)
-            m = row_ok[:, None] & (cols[None, :] < K)
-            x = tl.load(x_ptr + rows64[:, None] * stride_xr + cols[None, :], mask=m, other=0.0)
-            amax_row = tl.maximum(amax_row, tl.max(tl.abs(x.to(tl.float32)), axis=1))
-        if FP8_EXACT:
-            gs = tl.math.div_rn(amax_row, GS_DIV_FP8_EXACT)
+    if BLOCK_K >= K:  # one chunk per row: load once, amax and quantize from registers
+        w = tl.load(wrow + woffs, mask=rowok3 & (woffs < KW), other=0)
+        if COMPUTE_GS:
+            xe, xo = _split_pairs(w, IN_KIND)
+            amax_row = tl.max(tl.max(tl.maximum(tl.abs(xe), tl.abs(xo)), axis=2), axis=1)
+            gs = _row_global_scale(amax_row, FP8_EXACT)
+            tl.store(gs_ptr + rows, gs, mask=row_ok)
+        elif GS_PER_ROW:
+            gs = tl.load(gs_ptr + rows, mask=row_ok, other=1.0)
         else:
-            gs = tl.math.div_rn(amax_row, GS_DIV_RN)
-        gs = tl.where(amax_row > 0, tl.maximum(gs, GLOBAL_SCALE_MIN), 1.0)
-        tl.store(gs_ptr + rows, gs, mask=row_ok)
-    elif GS_PER_ROW:
-        gs = tl.load(gs_ptr + rows, mask=row_ok, other=1.0)
+            gs = tl.zeros((BLOCK_M,), dtype=tl.float32) + tl.load(gs_ptr)
+        _quantize_chunk(w, gs, 0, K, rows64, row_ok, data_ptr, scales_ptr, fp8_ptr,
+                        IN_KIND, FP8_EXACT, SEARCH, BLOCKED, WRITE_PACKED, WRITE_FP8,
+                        BLOCK_M, BLOCK_K)
     else:
-        gs = tl.zeros((BLOCK_M,), dtype=tl.float32) + tl.load(gs_ptr)
-
-    for k0 in range(0, K, BLOCK_K):
-        cols = k0 + tl.arange(0, BLOCK_K)
-        m = row_ok[:, None] & (cols[None, :] < K)
-        x = tl.load(x_ptr + rows64[:, None] * stride_xr + cols[None, :], mask=m, other=0.0)
-        xb = tl.reshape(x.to(tl.float32), (BLOCK_M, NB, 16))
-        amax_blk = tl.max(tl.abs(xb), axis=2)  # (BM, NB)
-        s_ideal = tl.math.div_rn(tl.math.div_rn(amax_blk, F4_E2M1_MAX), gs[:, None])
-        if FP8_EXACT:
-            s = tl.minimum(tl.maximum(_round_up_one_bit(s_ideal), FP8_EXACT_SCALE_MIN),
-                           FP8_EXACT_SCALE_MAX)
+        if COMPUTE_GS:  # first walk: row amax (the second walk re-reads the rows from L2)
+            amax_row = tl.zeros((BLOCK_M,), dtype=tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                wcol = k0 // 2 + woffs
+                w = tl.load(wrow + wcol, mask=rowok3 & (wcol < KW), other=0)
+                xe, xo = _split_pairs(w, IN_KIND)
+                amax_pair = tl.maximum(tl.abs(xe), tl.abs(xo))
+                amax_row = tl.maximum(amax_row, tl.max(tl.max(amax_pair, axis=2), axis=1))
+            gs = _row_global_scale(amax_row, FP8_EXACT)
+            tl.store(gs_ptr + rows, gs, mask=row_ok)
+        elif GS_PER_ROW:
+            gs = tl.load(gs_ptr + rows, mask=row_ok, other=1.0)
         else:
-            s_c = tl.minimum(tl.maximum(s_ideal, E4M3_MIN_SUBNORMAL), F8E4M3_MAX)
-            s = _e4m3_rn(s_c)
-        codes = _quantize_blocks(xb, s, gs)
-        if SEARCH:
-            best = _block_sse(xb, codes, s, gs)
-            s_up = s
-            cand = tl.maximum(_one_bit_step_down(s_up), FP8_EXACT_SCALE_MIN)
-            c_codes = _quantize_blocks(xb, cand, gs)
-            err = _block_sse(xb, c_codes, cand, gs)
-            better = err < best
-            s = tl.where(better, cand, s)
-            codes = tl.where(better[:, :, None], c_codes, codes)
-            best = tl.where(better, err, best)
-            cand = tl.minimum(_one_bit_step_up(s_up), FP8_EXACT_SCALE_MAX)
-            c_codes = _quantize_blocks(xb, cand, gs)
-            err = _block_sse(xb, c_codes, cand, gs)
-            better = err < best
-            s = tl.where(better, cand, s)
-            codes = tl.where(better[:, :, None], c_codes, codes)
-
-        if WRITE_PACKED:
-            pairs = tl.reshape(codes, (BLOCK_M, BLOCK_K // 2, 2))
-            lo, hi = tl.split(pairs)
-            packed = (lo | (hi << 4)).to(tl.uint8)
-            pcols = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-            pm = row_ok[:, None] & (pcols[None, :] < K // 2)
-            tl.store(data_ptr + rows64[:, None] * (K // 2) + pcols[None, :], packed, mask=pm)
-            scols = k0 // 16 + tl.arange(0, NB)
-            soffs = _scale_offsets(rows64[:, None], scols[None, :], NCB, BLOCKED, n_scale_cols)
-            sm = row_ok[:, None] & (scols[None, :] < n_scale_cols)
-            s8 = s.to(tl.float8e4nv).to(tl.uint8, bitcast=True)
-            tl.store(scales_ptr + soffs, s8, mask=sm)
-        if WRITE_FP8:
-            vals = _e2m1_values(codes) * s[:, :, None]  # exact E4M3 numbers for fp8_exact
-            v8 = tl.reshape(vals, (BLOCK_M, BLOCK_K)).to(tl.float8e4nv).to(tl.uint8, bitcast=True)
-            tl.store(fp8_ptr + rows64[:, None] * K + cols[None, :], v8, mask=m)
+            gs = tl.zeros((BLOCK_M,), dtype=tl.float32) + tl.load(gs_ptr)
+        for k0 in range(0, K, BLOCK_K):
+            wcol = k0 // 2 + woffs
+            w = tl.load(wrow + wcol, mask=rowok3 & (wcol < KW), other=0)
+            _quantize_chunk(w, gs, k0, K, rows64, row_ok, data_ptr, scales_ptr, fp8_ptr,
+                            IN_KIND, FP8_EXACT, SEARCH, BLOCKED, WRITE_PACKED, WRITE_FP8,
+                            BLOCK_M, BLOCK_K)
 
 
 @triton.jit
 def nvfp4_dequantize_kernel(
-    data_ptr, scales_ptr, gs_ptr, out_ptr,
+    data_ptr, scales_ptr, gs_ptr, outw_ptr,
     R, K,
+    OUT_KIND: tl.constexpr,  # 0 bf16, 1 fp16 (int32 words), 2 fp32 (int64 words)
     GS_PER_ROW: tl.constexpr,
     BLOCKED: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    """out[r, k] = (e2m1(code) * s_blk) * gs, in fp32, cast to out's dtype."""
+    """out[r, k] = (e2m1(code) * s_blk) * gs in fp32, cast; written as pairs of elements."""
     NB: tl.constexpr = BLOCK_K // 16
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < R
     rows64 = rows.to(tl.int64)
+    KW = K // 2
     n_scale_cols = K // 16
     NCB = (n_scale_cols + 3) // 4
+    blk = tl.arange(0, NB)
+    woffs = blk[None, :, None] * 8 + tl.arange(0, 8)[None, None, :]
+    row3 = rows64[:, None, None]
     if GS_PER_ROW:
         gs = tl.load(gs_ptr + rows, mask=row_ok, other=1.0)
     else:
         gs = tl.zeros((BLOCK_M,), dtype=tl.float32) + tl.load(gs_ptr)
     for k0 in range(0, K, BLOCK_K):
-        pcols = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-        pm = row_ok[:, None] & (pcols[None, :] < K // 2)
-        packed = tl.load(data_ptr + rows64[:, None] * (K // 2) + pcols[None, :], mask=pm, other=0)
-        packed = packed.to(tl.int32)
-        codes = tl.reshape(tl.join(packed & 0xF, packed >> 4), (BLOCK_M, NB, 16))
-        scols = k0 // 16 + tl.arange(0, NB)
+        wcol = k0 // 2 + woffs
+        m = row_ok[:, None, None] & (wcol < KW)
+        packed = tl.load(data_ptr + row3 * KW + wcol, mask=m, other=0).to(tl.int32)
+        scols = k0 // 16 + blk
         soffs = _scale_offsets(rows64[:, None], scols[None, :], NCB, BLOCKED, n_scale_cols)
         sm = row_ok[:, None] & (scols[None, :] < n_scale_cols)
         s8 = tl.load(scales_ptr + soffs, mask=sm, other=0)
-        s = s8.to(tl.float8e4nv, bitcast=True).to(tl.float32)
-        vals = (_e2m1_values(codes) * s[:, :, None]) * gs[:, None, None]
-        cols = k0 + tl.arange(0, BLOCK_K)
-        m = row_ok[:, None] & (cols[None, :] < K)
-        out = tl.reshape(vals, (BLOCK_M, BLOCK_K))
-        if out_ptr.dtype.element_ty == tl.bfloat16:
-            out = _bf16_rn(out)
-        out = out.to(out_ptr.dtype.element_ty)
-        tl.store(out_ptr + rows64[:, None] * K + cols[None, :], out, mask=m)
+        s = s8.to(tl.float8e4nv, bitcast=True).to(tl.float32)[:, :, None]
+        g = gs[:, None, None]
+        ve = (_e2m1_values(packed & 0xF) * s) * g
+        vo = (_e2m1_values(packed >> 4) * s) * g
+        if OUT_KIND == 0:
+            word = ((_bf16_rn(ve).to(tl.int32, bitcast=True) >> 16) & 0xFFFF) | (
+                _bf16_rn(vo).to(tl.int32, bitcast=True) & -0x10000)
+        elif OUT_KIND == 1:
+            we = ve.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+            wo = vo.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32)
+            word = we | (wo << 16)
+        else:
+            we = ve.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF
+            wo = vo.to(tl.int32, bitcast=True).to(tl.int64)
+            word = we | (wo << 32)
+        tl.store(outw_ptr + row3 * KW + wcol, word, mask=m)
+
+
+@triton.jit
+def absmax_kernel(x_ptr, out_bits_ptr, N, BLOCK: tl.constexpr):
+    """out = max(out, max |x|) over a flat tensor, via atomic max on the fp32 bits (for
+    non-negative floats, the integer order of the bits is the numeric order)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs, mask=offs < N, other=0.0)
+    m = tl.max(tl.abs(x.to(tl.float32)), axis=0)
+    tl.atomic_max(out_bits_ptr, m.to(tl.int32, bitcast=True))

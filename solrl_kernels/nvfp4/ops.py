@@ -35,9 +35,28 @@ def launch(kernel, grid, *args, **meta) -> None:
         kernel[grid](*args, **meta)
 
 
-def _block_m(per_row_pass: bool, R: int) -> int:
-    # row mode re-reads its rows after the amax walk: keep a program's rows L2-resident
-    return 4 if per_row_pass else 16
+_KIND = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}
+_WORD = {torch.bfloat16: torch.int32, torch.float16: torch.int32, torch.float32: torch.int64}
+
+
+def _as_words(x: torch.Tensor) -> torch.Tensor:
+    """(R, K) with unit last stride -> (R, K/2) words holding element pairs (no copy)."""
+    try:
+        return x.view(_WORD[x.dtype])
+    except RuntimeError:  # an odd row stride or storage offset: copy once
+        return x.contiguous().view(_WORD[x.dtype])
+
+
+ONE_TILE_MAX_K = 16384  # rows up to this long are quantized from registers in one load
+
+
+def _tiles(K: int, compute_gs: bool, search: bool) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_K, num_warps), from the H200 sweep (bench/quantize_sweep.py): long
+    chunks win; a per-row amax wants the whole row in one chunk (one read)."""
+    if K <= ONE_TILE_MAX_K and (compute_gs or K <= 1024):
+        block_k = max(triton.next_power_of_2(K), 16)
+        return 1, block_k, max(1, min(8, block_k // 1024))
+    return (2, 512, 2) if search else (2, 1024, 2)
 
 
 @torch.library.triton_op("solrl_kernels::nvfp4_quantize", mutates_args=())
@@ -65,16 +84,15 @@ def nvfp4_quantize(
     gs_out = torch.empty((R if compute_gs else 0,), device=dev, dtype=torch.float32)
     if R == 0 or K == 0:
         return data, scales, gs_out.fill_(1.0), fp8
-    block_m = _block_m(compute_gs, R)
-    block_k = 128 if scale_search else 256
-    grid = (triton.cdiv(R, block_m),)
+    block_m, block_k, warps = _tiles(K, compute_gs, scale_search)
+    xw = _as_words(x)
     launch(
-        kernels.nvfp4_quantize_kernel, grid,
-        x, data, scales, gs_out if compute_gs else global_scale, fp8.view(torch.uint8),
-        R, K, x.stride(0),
-        FP8_EXACT=fp8_exact, SEARCH=scale_search, GS_PER_ROW=per_row, COMPUTE_GS=compute_gs,
-        BLOCKED=blocked, WRITE_PACKED=write_packed, WRITE_FP8=write_fp8,
-        BLOCK_M=block_m, BLOCK_K=block_k, num_warps=4, enable_fp_fusion=False,
+        kernels.nvfp4_quantize_kernel, (triton.cdiv(R, block_m),),
+        xw, data, scales, gs_out if compute_gs else global_scale, fp8.view(torch.uint8),
+        R, K, xw.stride(0),
+        IN_KIND=_KIND[x.dtype], FP8_EXACT=fp8_exact, SEARCH=scale_search, GS_PER_ROW=per_row,
+        COMPUTE_GS=compute_gs, BLOCKED=blocked, WRITE_PACKED=write_packed, WRITE_FP8=write_fp8,
+        BLOCK_M=block_m, BLOCK_K=block_k, num_warps=warps, enable_fp_fusion=False,
     )
     return data, scales, gs_out, fp8
 
@@ -93,11 +111,23 @@ def nvfp4_dequantize(
     out = torch.empty((R, K), device=data.device, dtype=dtype)
     if R == 0 or K == 0:
         return out
-    block_m, block_k = 16, 256
+    block_m, block_k = 8, 256
     launch(
         kernels.nvfp4_dequantize_kernel, (triton.cdiv(R, block_m),),
-        data, scales, global_scale, out, R, K,
-        GS_PER_ROW=per_row, BLOCKED=blocked, BLOCK_M=block_m, BLOCK_K=block_k,
-        num_warps=4, enable_fp_fusion=False,
+        data, scales, global_scale, out.view(_WORD[dtype]), R, K,
+        OUT_KIND=_KIND[dtype], GS_PER_ROW=per_row, BLOCKED=blocked, BLOCK_M=block_m,
+        BLOCK_K=block_k, num_warps=4, enable_fp_fusion=False,
     )
     return out
+
+
+@torch.library.triton_op("solrl_kernels::absmax", mutates_args=())
+def absmax(x: torch.Tensor) -> torch.Tensor:
+    """max |x| over all elements as a 0-dim fp32 tensor (one read of x; 0 for empty x)."""
+    out = torch.zeros((), device=x.device, dtype=torch.int32)
+    n = x.numel()
+    if n:
+        block = 8192
+        launch(kernels.absmax_kernel, (triton.cdiv(n, block),), x.reshape(-1), out, n,
+               BLOCK=block, num_warps=8)
+    return out.view(torch.float32)

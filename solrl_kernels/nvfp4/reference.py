@@ -3,7 +3,7 @@
 Standard NVFP4 ("rn", the TransformerEngine / torchao / cuBLAS recipe):
     global_scale = amax / (6 * 448)                       (fp32 decode scale)
     s_blk        = e4m3_rn(clamp(amax_blk / 6 / global_scale, 2^-9, 448))
-    code         = e2m1_rn(clamp(x / (s_blk * global_scale), -6, 6))
+    code         = e2m1_rn(clamp(x * (1 / (s_blk * global_scale)), -6, 6))
 FP8-exact NVFP4 ("fp8_exact", DESIGN §3): the same layout, but
     global_scale = amax / (6 * 64)
     s_blk        = clamp(round_up_to_{1,1.5}*2^e(amax_blk / 6 / global_scale), 2^-7, 64)
@@ -14,8 +14,12 @@ next larger {1, 1.5}*2^e value (within [2^-7, 64]), and keeps the first one with
 squared error. Measured relative RMS error on N(0,1) data (4096x1024): rn 0.0951,
 fp8_exact 0.1148 (round-up), 0.0984 (search); Student-t(3): rn 0.0904, 0.1320, see tests.
 
-All arithmetic is fp32, in the order written above (x / (s_blk * global_scale), then
-round), which the kernels reproduce bit for bit.
+All arithmetic is fp32 with correctly rounded operations, in the order written above,
+which the kernels reproduce bit for bit on any device. Elements are scaled by the fp32
+reciprocal of the block's total scale, as TransformerEngine does (torchao divides; the two
+differ only where x / total lands within one ulp of an e2m1 rounding boundary).
+Divisions by constants use true division (torch's CUDA kernels would otherwise multiply by
+a rounded reciprocal), and the global scale is computed in float64 and rounded once.
 """
 
 from __future__ import annotations
@@ -139,14 +143,21 @@ def global_scale_from_amax(amax: torch.Tensor, rule: ScaleRule) -> torch.Tensor:
     amax == 0 (an all-zero tensor or row) gives 1.0; amax below ~3e-32 floors it at 2^-116 so
     that s_blk * global_scale stays a normal fp32 number (such tiny tensors lose precision).
     """
-    gs = amax.float() / (F4_E2M1_MAX * rule_scale_max(rule))
+    # float64 quotient rounded once == the correctly rounded fp32 quotient
+    gs = (amax.double() / (F4_E2M1_MAX * rule_scale_max(rule))).float()
     gs = torch.where(amax > 0, gs.clamp(min=GLOBAL_SCALE_MIN), torch.ones_like(gs))
     return gs
 
 
+def _true_div(a: torch.Tensor, b: float) -> torch.Tensor:
+    """a / b correctly rounded on every device (a 0-dim device tensor, not a host scalar,
+    keeps torch's CUDA kernel from multiplying by 1/b)."""
+    return a / torch.full((), b, dtype=a.dtype, device=a.device)
+
+
 def block_scales(amax_blk: torch.Tensor, gs: torch.Tensor, rule: ScaleRule) -> torch.Tensor:
     """fp32 (exactly E4M3-representable) block scales before any scale search."""
-    s = amax_blk / F4_E2M1_MAX / gs
+    s = _true_div(amax_blk, F4_E2M1_MAX) / gs
     if rule == "rn":
         return s.clamp(E4M3_MIN_SUBNORMAL, F8E4M3_MAX).to(torch.float8_e4m3fn).float()
     return round_up_one_bit(s).clamp(FP8_EXACT_SCALE_MIN, FP8_EXACT_SCALE_MAX)
@@ -154,8 +165,8 @@ def block_scales(amax_blk: torch.Tensor, gs: torch.Tensor, rule: ScaleRule) -> t
 
 def quantize_blocks(xb: torch.Tensor, s: torch.Tensor, gs: torch.Tensor) -> torch.Tensor:
     """xb fp32 (R, nb, 16), s fp32 (R, nb), gs fp32 broadcastable to (R, 1) -> codes."""
-    total = s * gs
-    y = (xb / total.unsqueeze(-1)).clamp(-F4_E2M1_MAX, F4_E2M1_MAX)
+    inv_total = 1.0 / (s * gs)  # tensor reciprocal: a true division on every device
+    y = (xb * inv_total.unsqueeze(-1)).clamp(-F4_E2M1_MAX, F4_E2M1_MAX)
     return float_to_e2m1(y)
 
 
