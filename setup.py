@@ -60,6 +60,9 @@ def cuda_extension():
     """Returns (ext_modules, cmdclass); both empty where the extension cannot be built."""
     if os.environ.get("SKIP_CUDA_BUILD", "0") == "1":
         return _skip("SKIP_CUDA_BUILD=1")
+    if not os.environ.get("CUDA_HOME") and os.path.isfile("/usr/local/cuda/include/cuda_runtime_api.h"):
+        # an `nvcc` wrapper on PATH (e.g. /usr/local/bin) makes torch guess the wrong root
+        os.environ["CUDA_HOME"] = "/usr/local/cuda"
     try:
         import torch
         from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
@@ -109,7 +112,9 @@ def cuda_extension():
         name="solrl_kernels._C",
         sources=sources,
         include_dirs=[os.path.join(ROOT, "csrc"), *cutlass],
-        extra_compile_args={"cxx": ["-O3", "-std=c++17", *defines], "nvcc": nvcc_flags},
+        # cxx: torch picks the C++ standard its headers need (C++17 for 2.11, C++20 for 2.14);
+        # the .cu files include no torch headers and stay C++17
+        extra_compile_args={"cxx": ["-O3", *defines], "nvcc": nvcc_flags},
         py_limited_api=False,
     )
     print(

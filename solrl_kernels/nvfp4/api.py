@@ -34,17 +34,6 @@ def _use_triton(backend: Backend, device: torch.device) -> bool:
     return ok
 
 
-def _check_options(scale_rule, scale_search, granularity, scale_layout="row_major"):
-    if scale_rule not in ("rn", "fp8_exact"):
-        raise ValueError(f"scale_rule must be 'rn' or 'fp8_exact', got {scale_rule!r}")
-    if scale_search and scale_rule != "fp8_exact":
-        raise ValueError("scale_search=True is only defined for scale_rule='fp8_exact'")
-    if granularity not in ("tensor", "row"):
-        raise ValueError(f"granularity must be 'tensor' or 'row', got {granularity!r}")
-    if scale_layout not in ("row_major", "blocked"):
-        raise ValueError(f"scale_layout must be 'row_major' or 'blocked', got {scale_layout!r}")
-
-
 def _tensor_amax(x2d: torch.Tensor) -> torch.Tensor:
     return torch.ops.solrl_kernels.absmax(x2d.contiguous())
 
@@ -94,7 +83,7 @@ def quantize(
     Empty inputs give empty outputs; non-contiguous inputs are copied.
     """
     ref.check_input(x, "x", check_finite)
-    _check_options(scale_rule, scale_search, granularity, scale_layout)
+    ref.check_options(scale_rule, scale_search, granularity, scale_layout)
     blocked = scale_layout == "blocked"
     if not _use_triton(backend, x.device):
         t = ref.quantize(x, scale_rule, scale_search, granularity, False, global_scale)
@@ -136,7 +125,7 @@ def quantize_to_fp8(
     i.e. the same as to_fp8_container(quantize(x, scale_rule="fp8_exact", ...)).
     """
     ref.check_input(x, "x", check_finite)
-    _check_options("fp8_exact", scale_search, granularity)
+    ref.check_options("fp8_exact", scale_search, granularity)
     if not _use_triton(backend, x.device):
         t = ref.quantize(x, "fp8_exact", scale_search, granularity, False, global_scale)
         return ref.to_fp8_container(t)

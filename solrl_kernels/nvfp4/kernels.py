@@ -164,6 +164,14 @@ def _row_global_scale(amax_row, FP8_EXACT: tl.constexpr):
 
 
 @triton.jit
+def _load_global_scale(gs_ptr, rows, row_ok, GS_PER_ROW: tl.constexpr, BLOCK_M: tl.constexpr):
+    """(BLOCK_M,) fp32 decode scales: one per row, or the tensor's one broadcast."""
+    if GS_PER_ROW:
+        return tl.load(gs_ptr + rows, mask=row_ok, other=1.0)
+    return tl.zeros((BLOCK_M,), dtype=tl.float32) + tl.load(gs_ptr)
+
+
+@triton.jit
 def _quantize_chunk(
     w, gs, k0, K, rows64, row_ok, data_ptr, scales_ptr, fp8_ptr,
     IN_KIND: tl.constexpr, FP8_EXACT: tl.constexpr, SEARCH: tl.constexpr,
@@ -257,10 +265,8 @@ def nvfp4_quantize_kernel(
             amax_row = tl.max(tl.max(tl.maximum(tl.abs(xe), tl.abs(xo)), axis=2), axis=1)
             gs = _row_global_scale(amax_row, FP8_EXACT)
             tl.store(gs_ptr + rows, gs, mask=row_ok)
-        elif GS_PER_ROW:
-            gs = tl.load(gs_ptr + rows, mask=row_ok, other=1.0)
         else:
-            gs = tl.zeros((BLOCK_M,), dtype=tl.float32) + tl.load(gs_ptr)
+            gs = _load_global_scale(gs_ptr, rows, row_ok, GS_PER_ROW, BLOCK_M)
         _quantize_chunk(w, gs, 0, K, rows64, row_ok, data_ptr, scales_ptr, fp8_ptr,
                         IN_KIND, FP8_EXACT, SEARCH, BLOCKED, WRITE_PACKED, WRITE_FP8,
                         BLOCK_M, BLOCK_K)
@@ -275,10 +281,8 @@ def nvfp4_quantize_kernel(
                 amax_row = tl.maximum(amax_row, tl.max(tl.max(amax_pair, axis=2), axis=1))
             gs = _row_global_scale(amax_row, FP8_EXACT)
             tl.store(gs_ptr + rows, gs, mask=row_ok)
-        elif GS_PER_ROW:
-            gs = tl.load(gs_ptr + rows, mask=row_ok, other=1.0)
         else:
-            gs = tl.zeros((BLOCK_M,), dtype=tl.float32) + tl.load(gs_ptr)
+            gs = _load_global_scale(gs_ptr, rows, row_ok, GS_PER_ROW, BLOCK_M)
         for k0 in range(0, K, BLOCK_K):
             wcol = k0 // 2 + woffs
             w = tl.load(wrow + wcol, mask=rowok3 & (wcol < KW), other=0)
@@ -309,10 +313,7 @@ def nvfp4_dequantize_kernel(
     blk = tl.arange(0, NB)
     woffs = blk[None, :, None] * 8 + tl.arange(0, 8)[None, None, :]
     row3 = rows64[:, None, None]
-    if GS_PER_ROW:
-        gs = tl.load(gs_ptr + rows, mask=row_ok, other=1.0)
-    else:
-        gs = tl.zeros((BLOCK_M,), dtype=tl.float32) + tl.load(gs_ptr)
+    gs = _load_global_scale(gs_ptr, rows, row_ok, GS_PER_ROW, BLOCK_M)
     for k0 in range(0, K, BLOCK_K):
         wcol = k0 // 2 + woffs
         m = row_ok[:, None, None] & (wcol < KW)

@@ -72,6 +72,17 @@ def check_input(x: torch.Tensor, name: str = "x", check_finite: bool = True) -> 
         )
 
 
+def check_options(scale_rule, scale_search, granularity, scale_layout="row_major") -> None:
+    if scale_rule not in ("rn", "fp8_exact"):
+        raise ValueError(f"scale_rule must be 'rn' or 'fp8_exact', got {scale_rule!r}")
+    if scale_search and scale_rule != "fp8_exact":
+        raise ValueError("scale_search=True is only defined for scale_rule='fp8_exact'")
+    if granularity not in ("tensor", "row"):
+        raise ValueError(f"granularity must be 'tensor' or 'row', got {granularity!r}")
+    if scale_layout not in ("row_major", "blocked"):
+        raise ValueError(f"scale_layout must be 'row_major' or 'blocked', got {scale_layout!r}")
+
+
 def e2m1_to_float(codes: torch.Tensor) -> torch.Tensor:
     """uint8 codes (any shape, values 0..15) -> float32 values."""
     lut = torch.tensor(E2M1_VALUES, dtype=torch.float32, device=codes.device)
@@ -189,12 +200,7 @@ def quantize(
     granularity="row"); by default it is derived from amax as documented above.
     """
     check_input(x, "x", check_finite)
-    if scale_rule not in ("rn", "fp8_exact"):
-        raise ValueError(f"scale_rule must be 'rn' or 'fp8_exact', got {scale_rule!r}")
-    if scale_search and scale_rule != "fp8_exact":
-        raise ValueError("scale_search=True is only defined for scale_rule='fp8_exact'")
-    if granularity not in ("tensor", "row"):
-        raise ValueError(f"granularity must be 'tensor' or 'row', got {granularity!r}")
+    check_options(scale_rule, scale_search, granularity)
     shape = x.shape
     K = shape[-1]
     xb = x.reshape(-1, K // BLOCK_SIZE, BLOCK_SIZE).float()  # (R, nb, 16)

@@ -1,0 +1,79 @@
+// Plain C++ interface between csrc/ops.cpp (torch side) and the CUTLASS translation units.
+//
+// The *.cu files include CUTLASS/CuTe only; ops.cpp includes torch only. They meet here, in
+// structs of raw pointers and ints, so that neither side pays for the other's headers and the
+// CUTLASS files compile without ATen.
+//
+// Errors: launchers throw std::runtime_error (torch turns it into a Python RuntimeError); all
+// argument checks with user-facing messages happen in ops.cpp before a launcher is called.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include <cuda_runtime_api.h>
+
+namespace solrl {
+
+enum class OutDtype : int { kBF16 = 0, kFP16 = 1 };
+
+// Epilogue activation, selected at run time inside one kernel (a uniform branch).
+enum class Activation : int { kNone = 0, kGeluTanh = 1, kSilu = 2 };
+
+// Device scratch memory for a launcher (CUTLASS workspace); ops.cpp backs it by the torch
+// caching allocator on the current stream. Returns nullptr only for bytes == 0.
+struct WorkspaceAllocator {
+  void* (*alloc)(void* ctx, size_t bytes);
+  void* ctx;
+  void* operator()(size_t bytes) const { return bytes ? alloc(ctx, bytes) : nullptr; }
+};
+
+// out[m, n] = act(scale_a[m or 0] * scale_b[n or 0] * sum_k a[m, k] * b[n, k] + bias[n])
+struct Fp8GemmSm90Params {
+  const void* a;            // (M, K) float8_e4m3fn, row-major, 16-byte aligned
+  const void* b;            // (N, K) float8_e4m3fn, row-major ("TN"), 16-byte aligned
+  const float* scale_a;     // (M,) when scale_a_per_row, else (1,)
+  const float* scale_b;     // (N,) when scale_b_per_col, else (1,)
+  const float* bias;        // (N,) fp32, or nullptr
+  void* out;                // (M, N) bf16/fp16, row-major, 16-byte aligned
+  int M, N, K;              // K % 16 == 0, N % 8 == 0
+  bool scale_a_per_row;
+  bool scale_b_per_col;
+  OutDtype out_dtype;
+  Activation activation;
+  int sm_count;             // multiprocessors of the device (persistent grid size)
+  cudaStream_t stream;
+};
+
+// Tile configurations of the sm90 FP8 GEMM (one translation unit each, per output dtype).
+enum class Fp8TileSm90 : int {
+  k128x128_c1x2_coop = 0,   // large M, N: 128x128x128 CTA tile, 2 consumer warpgroups, 1x2 cluster
+  k64x128_c1x1_pingpong = 1,  // small M / few tiles: 64x128x128 CTA tile, ping-pong warpgroups
+};
+
+// One function per (tile, out dtype) translation unit; each handles the three activations.
+void fp8_gemm_sm90_128x128_c1x2_coop_bf16(const Fp8GemmSm90Params& p, const WorkspaceAllocator& ws);
+void fp8_gemm_sm90_128x128_c1x2_coop_fp16(const Fp8GemmSm90Params& p, const WorkspaceAllocator& ws);
+void fp8_gemm_sm90_64x128_c1x1_pingpong_bf16(const Fp8GemmSm90Params& p, const WorkspaceAllocator& ws);
+void fp8_gemm_sm90_64x128_c1x1_pingpong_fp16(const Fp8GemmSm90Params& p, const WorkspaceAllocator& ws);
+
+// out[m, n] = alpha * sum_k dq(a)[m, k] * dq(b)[n, k] + bias[n], dq(x) = e2m1(x) * E4M3 block scale
+struct Nvfp4GemmSm100Params {
+  const void* a_data;       // (M, K/2) uint8, two e2m1 per byte, element 2j in the low nibble
+  const void* a_scales;     // float8_e4m3fn, 128x4-blocked swizzle of the (M, K/16) scales
+  const void* b_data;       // (N, K/2) uint8
+  const void* b_scales;     // float8_e4m3fn, 128x4-blocked swizzle of the (N, K/16) scales
+  const float* alpha;       // device pointer to one fp32: global_scale_a * global_scale_b
+  const float* bias;        // (N,) fp32, or nullptr
+  void* out;                // (M, N) bf16/fp16, row-major
+  int M, N, K;              // K % 32 == 0, N % 8 == 0
+  OutDtype out_dtype;
+  int sm_count;
+  cudaStream_t stream;
+};
+
+void nvfp4_gemm_sm100_bf16(const Nvfp4GemmSm100Params& p, const WorkspaceAllocator& ws);
+void nvfp4_gemm_sm100_fp16(const Nvfp4GemmSm100Params& p, const WorkspaceAllocator& ws);
+
+}  // namespace solrl
