@@ -16,8 +16,10 @@ import torch
 @functools.cache
 def _load_native() -> tuple[bool, str]:
     try:
-        from . import _C  # noqa: F401  registers torch.ops.solrl_kernels.*
-        from . import _native_ops  # noqa: F401  register_fake for the C++ ops
+        from . import (
+            _C,  # noqa: F401  registers torch.ops.solrl_kernels.*
+            _native_ops,  # noqa: F401  register_fake for the C++ ops
+        )
     except ImportError as e:
         return False, (
             f"solrl_kernels._C is not built ({e}); build it with a CUDA torch and nvcc: "

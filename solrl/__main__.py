@@ -1,0 +1,7 @@
+"""`python -m solrl` = `python -m solrl.train`."""
+
+import sys
+
+from .train import main
+
+sys.exit(main())

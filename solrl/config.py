@@ -1,0 +1,545 @@
+"""Typed configuration of a Sol-RL run: dataclasses (each field documented once), YAML presets,
+`--config FILE`, `key=value` overrides, and the type-driven CLI (tyro).
+
+Precedence, lowest first: dataclass defaults (the official Sol-RL SANA values) < preset
+(`--preset NAME`, solrl/configs/NAME.yaml; default "toy": toy-gpu with CUDA, else toy-cpu) <
+`--config FILE` < `--resume DIR`'s saved config < command-line options (`--train.lr 1e-4` or
+`train.lr=1e-4`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Literal
+
+import yaml
+
+from .selection import STRATEGIES, Strategy
+
+Algorithm = Literal["sol_rl", "bf16", "bf16_pool", "naive_fp4"]
+ALGORITHMS = typing.get_args(Algorithm)
+Objective = Literal["nft", "grpo"]
+
+
+def _positive(name: str, value, allow_zero: bool = False) -> None:
+    bad = value < 0 if allow_zero else value <= 0
+    if bad:
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+@dataclass
+class ModelConfig:
+    """The model to fine-tune."""
+
+    kind: Literal["toy", "sd3", "flux", "sana"] = "toy"
+    """Model family: the bundled toy model, or a local diffusers folder of SD3/SD3.5, FLUX.1, SANA."""
+    path: str = ""
+    """Local diffusers pipeline folder (with model_index.json); not used by kind=toy."""
+    resolution: int = 1024
+    """Image side in pixels (diffusers models; the toy model has a fixed size)."""
+    dtype: Literal["bf16", "fp32"] = "bf16"
+    """Weights of the frozen base model and the rollout copy (fp32 for CPU runs)."""
+    shift: float = 0.0
+    """Time shift of the sigma schedule; 0 = the model's own default (SD3 3.0, FLUX by resolution)."""
+    max_sequence_length: int = 0
+    """Text tokens; 0 = the model's default (SD3 256, FLUX 512, SANA 300)."""
+    guidance_scale: float = 3.5
+    """FLUX.1-dev embedded guidance (not CFG; rollouts and training are CFG-free as in Sol-RL)."""
+
+    def __post_init__(self):
+        _positive("model.resolution", self.resolution)
+        _positive("model.shift", self.shift, allow_zero=True)
+        _positive("model.max_sequence_length", self.max_sequence_length, allow_zero=True)
+
+
+@dataclass
+class RolloutConfig:
+    """Stage one (preview / explore), selection, stage two (regeneration)."""
+
+    prompts_per_iter: int = 48
+    """Prompt groups per iteration (summed over ranks)."""
+    pool: int = 96
+    """N: candidates per prompt explored in stage one (sol_rl, bf16_pool, naive_fp4)."""
+    select: int = 24
+    """K: candidates per prompt kept for training (the N-in-N size of the bf16 baseline)."""
+    selection: Strategy = "best_worst"
+    """How K of N are chosen from the stage-one rewards."""
+    preview_steps: int = 6
+    """Sampler steps of the stage-one preview (sol_rl)."""
+    steps: int = 10
+    """Sampler steps of the full rollouts (stage two, and the baselines' rollouts)."""
+    preview_linear: Literal["nvfp4", "bf16"] = "nvfp4"
+    """Precision of the linear layers in FP4 rollouts (sol_rl preview, naive_fp4); "bf16" turns
+    the FP4 path off (for debugging the pipeline without solrl_kernels)."""
+    preview_attention: Literal["bf16", "fp8", "nvfp4"] = "bf16"
+    """Attention precision in FP4 rollouts (official Sol-RL: bf16)."""
+    fp4_min_features: int = 256
+    """NVFP4 swap skips linear layers with min(in, out) below this (rollout_mode's
+    min_features; embedders, adaLN and the final layer are always kept, as in Sol-RL)."""
+    fp4_exclude: tuple[str, ...] = ()
+    """Extra regexes (re.search on module names) of layers kept in BF16 in FP4 rollouts, on top
+    of rollout_mode's defaults (official Sol-RL: nvfp4_skip_modules)."""
+    batch_size: int = 24
+    """Images per sampler forward pass (and per reward call)."""
+    noise_level: float = 0.7
+    """Flow-GRPO SDE noise level a (objective=grpo)."""
+
+    def __post_init__(self):
+        for name in ("prompts_per_iter", "pool", "select", "preview_steps", "steps", "batch_size"):
+            _positive(f"rollout.{name}", getattr(self, name))
+        if self.selection not in STRATEGIES:
+            raise ValueError(f"rollout.selection {self.selection!r} not in {list(STRATEGIES)}")
+        _positive("rollout.noise_level", self.noise_level)
+        _positive("rollout.fp4_min_features", self.fp4_min_features, allow_zero=True)
+        self.fp4_exclude = tuple(self.fp4_exclude)
+        import re
+
+        for pattern in self.fp4_exclude:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"rollout.fp4_exclude: bad regex {pattern!r}: {e}") from e
+
+
+@dataclass
+class TrainConfig:
+    """Policy, objective and optimiser."""
+
+    objective: Objective = "nft"
+    """DiffusionNFT (Sol-RL's objective) or Flow-GRPO."""
+    finetune: Literal["lora", "full"] = "lora"
+    """Train peft LoRA adapters, or all transformer weights."""
+    lora_rank: int = 32
+    """LoRA rank r."""
+    lora_alpha: float = 64.0
+    """LoRA alpha (scale alpha / r)."""
+    lora_targets: tuple[str, ...] = ()
+    """peft target_modules; empty = the model adapter's default list."""
+    lr: float = 3e-4
+    """AdamW learning rate."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    adam_eps: float = 1e-8
+    """AdamW epsilon."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+    micro_batch: int = 16
+    """Samples per forward/backward pass."""
+    grad_accum: int = 0
+    """Micro-batches per optimiser step; 0 = all of an iteration's samples in one step (official)."""
+    inner_epochs: int = 1
+    """Passes over each iteration's samples."""
+    timestep_fraction: float = 0.6
+    """Fraction of the rollout's sampler steps trained on per sample (random subset)."""
+    kl_beta: float = 1e-4
+    """Weight of the KL term to the base model (0 = off: no reference forward)."""
+    adv_clip_max: float = 5.0
+    """Advantages are clipped to +-this (NFT's A_max)."""
+    adv_std: Literal["global", "group"] = "global"
+    """Advantage normaliser: std of all rewards of the iteration (official) or of the group."""
+    nft_beta: float = 1.0
+    """DiffusionNFT beta: v+ = beta v_theta + (1 - beta) v_old."""
+    nft_weighting: Literal["adaptive", "velocity"] = "adaptive"
+    """NFT loss weighting: the paper's adaptive x0-space weighting, or the plain velocity loss."""
+    old_decay_rate: float = 0.001
+    """Old-policy EMA: decay = min(rate * optimiser steps, max) (official decay_type 1)."""
+    old_decay_max: float = 0.5
+    """Old-policy EMA: the decay's ceiling."""
+    grpo_clip: float = 1e-4
+    """Flow-GRPO ratio clip range eps."""
+    mixed_precision: Literal["bf16", "no"] = "bf16"
+    """bf16 autocast for the policy's forwards (also on CPU, where "no" is much faster)."""
+    compile: bool = False
+    """torch.compile the BF16 rollout copy (regeneration, baselines)."""
+
+    def __post_init__(self):
+        for name in ("lora_rank", "lora_alpha", "lr", "adam_eps", "max_grad_norm", "micro_batch",
+                     "inner_epochs", "adv_clip_max", "nft_beta", "grpo_clip"):  # fmt: skip
+            _positive(f"train.{name}", getattr(self, name))
+        for name in ("weight_decay", "grad_accum", "kl_beta", "old_decay_rate", "old_decay_max"):
+            _positive(f"train.{name}", getattr(self, name), allow_zero=True)
+        if not 0 < self.timestep_fraction <= 1:
+            raise ValueError(f"train.timestep_fraction must be in (0, 1], got {self.timestep_fraction}")
+        if not self.old_decay_max < 1:
+            raise ValueError(f"train.old_decay_max must be < 1, got {self.old_decay_max}")
+        self.lora_targets = tuple(self.lora_targets)
+        self.adam_betas = tuple(self.adam_betas)
+
+
+@dataclass
+class EvalConfig:
+    """Periodic evaluation on fixed prompts and seeds (BF16, full steps)."""
+
+    every: int = 0
+    """Evaluate every this many iterations (and before the first and after the last); 0 = off."""
+    num_prompts: int = 32
+    """Evaluation prompts (the toy world's fixed set, or the first lines of eval.prompts)."""
+    steps: int = 40
+    """Sampler steps of evaluation images."""
+    prompts: str = ""
+    """Text file of evaluation prompts, one per line; empty = the toy set / the training file."""
+
+    def __post_init__(self):
+        _positive("eval.every", self.every, allow_zero=True)
+        _positive("eval.num_prompts", self.num_prompts)
+        _positive("eval.steps", self.steps)
+
+
+@dataclass
+class LogConfig:
+    """Run directory, metrics, images, checkpoints."""
+
+    run_dir: str = ""
+    """Run directory; empty = runs/<timestamp>-<preset>."""
+    image_every: int = 5
+    """Write an FP4-vs-BF16 sample grid every this many iterations (0 = never)."""
+    image_prompts: int = 4
+    """Prompt groups shown in a sample grid."""
+    ckpt_every: int = 5
+    """Checkpoint every this many iterations (and at the end); 0 = only at the end."""
+    keep_ckpts: int = 2
+    """Checkpoints kept (oldest deleted)."""
+    tensorboard: bool = True
+    """Write TensorBoard events under <run_dir>/tb."""
+    progress: bool = True
+    """Progress bars (tqdm) with ETA."""
+
+    def __post_init__(self):
+        _positive("log.image_every", self.image_every, allow_zero=True)
+        _positive("log.image_prompts", self.image_prompts)
+        _positive("log.ckpt_every", self.ckpt_every, allow_zero=True)
+        _positive("log.keep_ckpts", self.keep_ckpts)
+
+
+@dataclass
+class Config:
+    """Sol-RL: explore in NVFP4, select, regenerate in BF16, train with DiffusionNFT/Flow-GRPO."""
+
+    algorithm: Algorithm = "sol_rl"
+    """sol_rl: N-candidate FP4 preview -> select K -> BF16 regeneration -> train.
+    bf16: K-in-K BF16 rollouts. bf16_pool: K-in-N, all BF16. naive_fp4: K-in-N trained on the FP4
+    rollouts themselves."""
+    iterations: int = 300
+    """Iterations (rollout + update rounds) to run in total."""
+    seed: int = 42
+    """Run seed: prompts, noise (counter-based), timesteps, LoRA init."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto = cuda when available."""
+    reward: str = "geneval"
+    """Reward name (solrl.rewards.build_reward): geneval, jpeg_compressibility, aesthetic."""
+    prompts: str = "toy"
+    """Training prompts: "toy" (the toy world's grammar) or a text file, one prompt per line."""
+    preset: str = ""
+    """Preset this config started from (solrl/configs/<name>.yaml): toy (auto), toy-cpu, toy-gpu,
+    flux, sd35l, sana. Set with --preset."""
+    resume: str = ""
+    """Run directory to resume (its config.yaml and last checkpoint). Set with --resume."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self):
+        _positive("iterations", self.iterations)
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be in [0, 2^63), got {self.seed}")
+        r, t = self.rollout, self.train
+        if self.algorithm != "bf16" and r.pool < r.select:
+            raise ValueError(
+                f"rollout.pool ({r.pool}) is smaller than rollout.select ({r.select}): algorithm "
+                f"{self.algorithm!r} selects {r.select} of {r.pool} candidates per prompt"
+            )
+        if r.select < 2:
+            raise ValueError(f"rollout.select must be >= 2 (advantages need a group), got {r.select}")
+        if t.objective == "grpo" and r.steps < 2:
+            raise ValueError(f"objective grpo needs rollout.steps >= 2 (SDE steps), got {r.steps}")
+        if self.model.kind != "toy" and not self.model.path:
+            raise FileNotFoundError(
+                f"model.kind={self.model.kind!r} needs model.path=/local/diffusers/folder "
+                "(no hub downloads here)"
+            )
+        if self.model.kind != "toy" and not os.path.isdir(os.path.expanduser(self.model.path)):
+            raise FileNotFoundError(f"model.path {self.model.path!r} does not exist")
+
+    @property
+    def uses_pool(self) -> bool:
+        """Whether stage one explores N > K candidates per prompt."""
+        return self.algorithm != "bf16"
+
+
+# --- dicts, YAML, presets -----------------------------------------------------------------------
+
+SECTIONS = ("model", "rollout", "train", "eval", "log")
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def valid_keys(cls=Config, prefix: str = "") -> list[str]:
+    """Every settable dotted key, e.g. ['algorithm', ..., 'train.lr', ...]."""
+    keys = []
+    for name, tp in _field_types(cls).items():
+        if dataclasses.is_dataclass(tp):
+            keys += valid_keys(tp, f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def unknown_key_error(key: str, where: str) -> KeyError:
+    import difflib
+
+    keys = valid_keys()
+    close = difflib.get_close_matches(key, keys, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return KeyError(f"unknown config key {key!r} in {where}.{hint} Valid keys: {', '.join(keys)}")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert a YAML value to the field type (int -> float allowed, lists -> tuples)."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ValueError(f"{key}: {value!r} is not one of {list(typing.get_args(tp))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, key)
+            except (TypeError, ValueError):
+                pass
+        raise TypeError(f"{key}: {value!r} does not match {tp}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{key}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key) for v in value)
+        if len(args) != len(value):
+            raise ValueError(f"{key}: expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{key}: expected an int, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise TypeError(f"{key}: expected a string, got {value!r}")
+        return value
+    if tp is type(None):
+        if value is not None:
+            raise TypeError(f"{key}: expected null, got {value!r}")
+        return None
+    raise TypeError(f"{key}: unsupported field type {tp}")
+
+
+def merge_dict(base: dict, override: dict, where: str, cls=Config, prefix: str = "") -> dict:
+    """base (a full nested dict of cls) updated by a partial override, key-checked and typed."""
+    types_ = _field_types(cls)
+    out = dict(base)
+    for k, v in override.items():
+        key = prefix + str(k)
+        if k not in types_:
+            raise unknown_key_error(key, where)
+        tp = types_[k]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(v, dict):
+                raise TypeError(f"{key} in {where} must be a mapping of {tp.__name__} fields")
+            out[k] = merge_dict(base[k], v, where, tp, key + ".")
+        else:
+            out[k] = _coerce(v, tp, key)
+    return out
+
+
+def to_dict(cfg) -> dict:
+    """Nested plain dict (tuples as lists: YAML-friendly)."""
+
+    def plain(x):
+        if isinstance(x, tuple):
+            return [plain(v) for v in x]
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        return x
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def from_dict(d: dict, cls=Config):
+    """Build (and validate) a config from a full or partial nested dict."""
+    merged = merge_dict(to_dict(_defaults(cls)), d, "config", cls)
+    return _build(cls, merged)
+
+
+def _defaults(cls):
+    # defaults without __post_init__ cross-checks (a partial config may be completed later)
+    return _build(cls, None, check=False)
+
+
+def _build(cls, d: dict | None, check: bool = True):
+    kwargs = {}
+    for name, tp in _field_types(cls).items():
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, None if d is None else d[name], check)
+        elif d is not None:
+            kwargs[name] = _coerce(d[name], tp, name)
+    if check:
+        return cls(**kwargs)
+    obj = cls.__new__(cls)
+    defaults = {f.name: f for f in dataclasses.fields(cls)}
+    for name, f in defaults.items():
+        if name in kwargs:
+            val = kwargs[name]
+        elif f.default is not dataclasses.MISSING:
+            val = f.default
+        else:
+            val = f.default_factory()
+        object.__setattr__(obj, name, val)
+    return obj
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    with open(path) as f:
+        d = yaml.safe_load(f) or {}
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: expected a mapping at top level, got {type(d).__name__}")
+    return d
+
+
+def save_yaml(cfg: Config, path: str | os.PathLike) -> None:
+    """Atomic write of the resolved config."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    os.replace(tmp, path)
+
+
+def preset_names() -> list[str]:
+    files = resources.files("solrl") / "configs"
+    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml"))
+
+
+def resolve_preset(name: str) -> str:
+    """"toy" -> toy-gpu with CUDA, else toy-cpu; other names unchanged."""
+    if name in ("", "toy"):
+        import torch
+
+        return "toy-gpu" if torch.cuda.is_available() else "toy-cpu"
+    return name
+
+
+def load_preset(name: str) -> dict:
+    name = resolve_preset(name)
+    names = preset_names()
+    if name not in names:
+        raise ValueError(f"unknown preset {name!r}; valid: toy, {', '.join(names)}")
+    d = yaml.safe_load((resources.files("solrl") / "configs" / f"{name}.yaml").read_text()) or {}
+    d["preset"] = name
+    return d
+
+
+# --- command line -------------------------------------------------------------------------------
+
+_META = ("--preset", "--config", "--resume")
+CLI_HELP = """Sol-RL: explore in NVFP4, select, regenerate in BF16, train (DiffusionNFT / Flow-GRPO).
+
+usage: python -m solrl.train [--preset NAME] [--config FILE.yaml] [--resume RUN_DIR]
+                             [key=value ...] [--key value ...]
+
+  --preset NAME    toy (default: toy-gpu with CUDA, else toy-cpu), {presets}
+  --config FILE    YAML file of overrides (nested like config.yaml), applied after the preset
+  --resume DIR     continue the run in DIR from its last checkpoint (its config.yaml, then
+                   any overrides given here, e.g. iterations=200)
+  key=value        any option below, e.g. train.lr=1e-4 rollout.pool=64 algorithm=bf16
+
+Defaults shown are those of the chosen preset."""
+
+
+def _pop_meta(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Extract --preset/--config/--resume values (also kept for tyro where they are fields)."""
+    meta, rest, i = {}, [], 0
+    while i < len(argv):
+        a = argv[i]
+        name = a.split("=", 1)[0]
+        if name in _META:
+            if "=" in a:
+                val = a.split("=", 1)[1]
+            else:
+                if i + 1 >= len(argv):
+                    raise SystemExit(f"{name} needs a value")
+                val = argv[i + 1]
+                i += 1
+            meta[name[2:]] = val
+        else:
+            rest.append(a)
+        i += 1
+    return meta, rest
+
+
+def _expand_overrides(argv: list[str]) -> list[str]:
+    """`train.lr=1e-4` -> `--train.lr 1e-4`, checking every key (and --key) against the config."""
+    keys = set(valid_keys())
+    out = []
+    for a in argv:
+        if a.startswith("--"):
+            key = a[2:].split("=", 1)[0].replace("-", "_")
+            if key not in keys and key not in ("help", "h"):
+                raise unknown_key_error(key, "command line")
+            out.append(a)
+        elif "=" in a and not a.startswith("-"):
+            key, val = a.split("=", 1)
+            if key not in keys:
+                raise unknown_key_error(key, "command line")
+            out += [f"--{key}", val]
+        else:
+            out.append(a)
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    """The CLI: `[--preset NAME] [--config FILE] [--resume DIR] [key=value | --key value ...]`."""
+    import tyro
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    meta, rest = _pop_meta(argv)
+    base = to_dict(_defaults(Config))
+    if "resume" in meta:
+        saved = os.path.join(meta["resume"], "config.yaml")
+        if not os.path.isfile(saved):
+            raise FileNotFoundError(f"--resume {meta['resume']!r}: no config.yaml there")
+        base = merge_dict(base, load_yaml(saved), saved)
+        base["resume"] = meta["resume"]
+        base["log"]["run_dir"] = meta["resume"]
+    else:
+        base = merge_dict(base, load_preset(meta.get("preset", "toy")), "preset")
+        if "config" in meta:
+            base = merge_dict(base, load_yaml(meta["config"]), meta["config"])
+    default = _build(Config, base, check=False)
+    args = _expand_overrides(rest)
+    return tyro.cli(
+        Config,
+        default=default,
+        args=args,
+        prog="python -m solrl.train",
+        description=CLI_HELP.format(presets=", ".join(preset_names())),
+        config=(tyro.conf.FlagConversionOff,),
+        use_underscores=True,
+    )
