@@ -53,6 +53,21 @@ def load_pipeline(cls, path: str, dtype: str | torch.dtype, **kwargs):
         )
 
 
+def load_frozen_pipeline(
+    cls, path: str, kind: str, device, dtype: str | torch.dtype, optional: tuple[str, ...] = ()
+):
+    """A local diffusers pipeline folder -> pipeline on `device`, progress bars off, every
+    component except the transformer frozen (text encoders and VAE are never trained)."""
+    path = check_model_dir(path, kind)
+    pipe = load_pipeline(cls, path, dtype, **missing_components(path, optional))
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    for name, m in pipe.components.items():
+        if isinstance(m, nn.Module) and name != "transformer":
+            m.requires_grad_(False)
+    return pipe
+
+
 def missing_components(path: str, optional: tuple[str, ...]) -> dict[str, None]:
     """{name: None} for the optional pipeline components absent from path's model_index.json, so
     from_pretrained accepts folders saved without them (e.g. SD3 without T5)."""

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .base import Conditioning
-from .common import DiffusersT2I, check_model_dir, load_pipeline, missing_components
+from .common import DiffusersT2I, load_frozen_pipeline
 
 
 def pack_latents(x: torch.Tensor) -> torch.Tensor:
@@ -137,11 +137,6 @@ class FluxModel(DiffusersT2I):
         """Load a local FluxPipeline folder (no network)."""
         from diffusers import FluxPipeline
 
-        path = check_model_dir(path, "flux")
         optional = ("image_encoder", "feature_extractor")
-        pipe = load_pipeline(FluxPipeline, path, dtype, **missing_components(path, optional))
-        pipe.to(device)
-        pipe.set_progress_bar_config(disable=True)
-        for m in (pipe.text_encoder, pipe.text_encoder_2, pipe.vae):
-            m.requires_grad_(False)
+        pipe = load_frozen_pipeline(FluxPipeline, path, "flux", device, dtype, optional)
         return cls.from_pipeline(pipe, resolution, max_sequence_length, guidance_scale)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .base import Conditioning
-from .common import DiffusersT2I, check_model_dir, load_pipeline
+from .common import DiffusersT2I, load_frozen_pipeline
 
 
 class SanaModel(DiffusersT2I):
@@ -84,10 +84,5 @@ class SanaModel(DiffusersT2I):
         """Load a local SanaPipeline folder (no network)."""
         from diffusers import SanaPipeline
 
-        path = check_model_dir(path, "sana")
-        pipe = load_pipeline(SanaPipeline, path, dtype)
-        pipe.to(device)
-        pipe.set_progress_bar_config(disable=True)
-        for m in (pipe.text_encoder, pipe.vae):
-            m.requires_grad_(False)
+        pipe = load_frozen_pipeline(SanaPipeline, path, "sana", device, dtype)
         return cls.from_pipeline(pipe, resolution, max_sequence_length)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .base import Conditioning
-from .common import DiffusersT2I, check_model_dir, load_pipeline, missing_components
+from .common import DiffusersT2I, load_frozen_pipeline
 
 
 class SD3Model(DiffusersT2I):
@@ -79,12 +79,6 @@ class SD3Model(DiffusersT2I):
         """Load a local StableDiffusion3Pipeline folder (no network)."""
         from diffusers import StableDiffusion3Pipeline
 
-        path = check_model_dir(path, "sd3")
         optional = ("text_encoder_3", "tokenizer_3", "image_encoder", "feature_extractor")
-        pipe = load_pipeline(StableDiffusion3Pipeline, path, dtype, **missing_components(path, optional))
-        pipe.to(device)
-        pipe.set_progress_bar_config(disable=True)
-        for m in (pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3, pipe.vae):
-            if m is not None:
-                m.requires_grad_(False)
+        pipe = load_frozen_pipeline(StableDiffusion3Pipeline, path, "sd3", device, dtype, optional)
         return cls.from_pipeline(pipe, resolution, max_sequence_length)
