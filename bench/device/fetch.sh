@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Prepare what the H200 runs need and its image lacks, on the development machine:
+#   .whl/              diffusers, tyro and their pure-Python needs (the image has torch, peft,
+#                      transformers, pytest, pytest-benchmark, triton)
+#   build/cutlass_src/ the CUTLASS/CuTe headers of the nvidia-cutlass wheel (~28 MB)
+# PYTHON=... picks the interpreter that has nvidia-cutlass installed (default python3).
+# Both are git-ignored; name them in the device call's `carry`: [".whl", "build/cutlass_src"].
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+${PYTHON:-python3} -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+  --implementation cp --platform manylinux2014_x86_64 -d .whl \
+  diffusers==0.42.1 tyro==1.0.17 docstring_parser==0.18.0 typeguard==4.6.1 \
+  importlib_metadata==10.2.0 lazy_importer==0.1.0
+src=$(${PYTHON:-python3} -c "import cutlass_library, os; print(os.path.join(os.path.dirname(cutlass_library.__file__), 'source'))")
+mkdir -p build/cutlass_src/tools/util
+cp -r "$src/include" build/cutlass_src/
+cp -r "$src/tools/util/include" build/cutlass_src/tools/util/
+du -sh .whl build/cutlass_src

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# One H200 device call per PART (each well under the 10-minute limit); logs and records to $OUT.
+#   bash bench/device/run.sh tests   build _C, every GPU test                      (~4 min)
+#   bash bench/device/run.sh gemm    CUTLASS + Triton GEMM benchmarks, SASS check (~8 min)
+#   bash bench/device/run.sh attn    attention sweep + benchmark                  (~6 min)
+#   bash bench/device/run.sh quant   quantization benchmark + tile sweep          (~3 min)
+#   bash bench/device/run.sh toy     driver GPU tests + the toy-gpu Sol-RL run    (~5 min)
+# Prepare first with bench/device/fetch.sh; carry [".whl", "build/cutlass_src"].
+# Then copy $OUT/results.json over bench/results.json (records replace older ones by key).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD
+export SOLRL_BENCH_RESULTS=$OUT/results.json
+cp bench/results.json "$OUT/results.json"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv,noheader | tee "$OUT/gpu.txt"
+
+build() {
+  CUTLASS_PATH=$PWD/build/cutlass_src TORCH_CUDA_ARCH_LIST=9.0a MAX_JOBS=16 \
+    python3 setup.py build_ext --inplace > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+  python3 -m solrl_kernels | tee "$OUT/backends.txt"
+}
+
+case "${1:-}" in
+  tests)
+    build
+    python3 -m pytest -q -p no:cacheprovider -m gpu -n 4 tests 2>&1 | tee "$OUT/gpu_tests.log" | tail -30 ;;
+  gemm)
+    build
+    cuobjdump --dump-sass solrl_kernels/_C*.so | grep -oE "QGMMA[.A-Z0-9x]*" | sort | uniq -c | tee "$OUT/sass.txt"
+    timeout 280 python3 bench/native_gemm_sweep.py 2>&1 | tee "$OUT/native_gemm.log" | tail -25
+    timeout 250 python3 -m pytest -q -p no:cacheprovider bench/test_bench_gemm.py --benchmark-enable -s \
+      2>&1 | tee "$OUT/gemm_bench.log" | tail -40 ;;
+  attn)
+    timeout 240 python3 bench/attention_sweep.py --quick 2>&1 | tee "$OUT/attention_sweep.log" | tail -40
+    timeout 240 python3 -m pytest -q -p no:cacheprovider bench/test_bench_attention.py --benchmark-enable -s \
+      2>&1 | tee "$OUT/attention_bench.log" | tail -30 ;;
+  quant)
+    python3 -m pytest -q -p no:cacheprovider bench/test_bench_quantize.py --benchmark-enable -s \
+      2>&1 | tee "$OUT/quant_bench.log" | grep -E "copy|GB/s|passed|failed"
+    timeout 150 python3 bench/quantize_sweep.py > "$OUT/quant_sweep.log" 2>&1
+    sort -t: -k2 -n "$OUT/quant_sweep.log" | tail -8 ;;
+  toy)
+    python3 -m pytest -q -p no:cacheprovider tests/test_seeds.py tests/test_driver_e2e.py -k "cuda or gpu" 2>&1 | tail -5
+    timeout 420 python3 -m solrl.train --preset toy-gpu log.run_dir=/tmp/toy-gpu log.progress=False 2>&1 | tail -22
+    cp /tmp/toy-gpu/metrics.jsonl /tmp/toy-gpu/reward.png /tmp/toy-gpu/summary.txt /tmp/toy-gpu/config.yaml "$OUT/" ;;
+  *)
+    echo "usage: $0 tests|gemm|attn|quant|toy"; exit 2 ;;
+esac
