@@ -5,6 +5,8 @@
 #   bash bench/device/run.sh attn    attention sweep + benchmark                  (~6 min)
 #   bash bench/device/run.sh quant   quantization benchmark + tile sweep          (~3 min)
 #   bash bench/device/run.sh toy     driver GPU tests + the toy-gpu Sol-RL run    (~5 min)
+#   bash bench/device/run.sh pretrain toy model pretraining (default 7,000 steps) + eval (~7 min);
+#                                    copy $OUT/{model.safetensors,config.json} to solrl/toy/weights/
 # Prepare first with bench/device/fetch.sh; carry [".whl", "build/cutlass_src"].
 # Then copy $OUT/results.json over bench/results.json (records replace older ones by key).
 set -uo pipefail
@@ -48,6 +50,11 @@ case "${1:-}" in
     python3 -m pytest -q -p no:cacheprovider tests/test_seeds.py tests/test_driver_e2e.py -k "cuda or gpu" 2>&1 | tail -5
     timeout 420 python3 -m solrl.train --preset toy-gpu log.run_dir=/tmp/toy-gpu log.progress=False 2>&1 | tail -22
     cp /tmp/toy-gpu/metrics.jsonl /tmp/toy-gpu/reward.png /tmp/toy-gpu/summary.txt /tmp/toy-gpu/config.yaml "$OUT/" ;;
+  pretrain)
+    timeout 480 python3 -m solrl.toy.pretrain --out /tmp/w 2>&1 | tail -5
+    timeout 90 python3 -m solrl.toy.eval --weights /tmp/w --out /tmp/ev 2>&1 | tail -25
+    cp /tmp/w/model.safetensors /tmp/w/config.json /tmp/w/loss.png /tmp/ev/eval.json \
+      /tmp/ev/samples_40.png "$OUT/" ;;
   *)
-    echo "usage: $0 tests|gemm|attn|quant|toy"; exit 2 ;;
+    echo "usage: $0 tests|gemm|attn|quant|toy|pretrain"; exit 2 ;;
 esac
