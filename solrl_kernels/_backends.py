@@ -42,13 +42,20 @@ def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@functools.cache
-def _triton_import() -> tuple[bool, str]:
+def _probe_triton() -> tuple[bool, str]:
     try:
-        import triton  # noqa: F401
+        import triton
     except ImportError as e:
         return False, f"triton is not installed ({e})"
     return True, f"triton {triton.__version__}"
+
+
+# probed once at import, as a plain value: torch.compile traces the checks below cleanly
+_TRITON = _probe_triton()
+
+
+def _triton_import() -> tuple[bool, str]:
+    return _TRITON
 
 
 def triton_available(device: torch.device | str | None = None) -> bool:

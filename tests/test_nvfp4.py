@@ -346,3 +346,15 @@ def test_absmax_op(device):
     x = _rand((37, 100), kind="heavy").to(device)
     assert torch.ops.solrl_kernels.absmax(x).item() == x.abs().max().item()
     assert torch.ops.solrl_kernels.absmax(x[:0]).item() == 0.0
+
+
+def test_quantize_to_fp8_compiles_fullgraph(device):
+    """The public wrapper (checks, dispatch, op call) traces without graph breaks."""
+
+    def f(x):
+        values, gs = nvfp4.quantize_to_fp8(x)
+        return values.float() * gs
+
+    x = _rand((8, 64)).to(device)
+    compiled = torch.compile(f, fullgraph=True, backend="eager")
+    assert torch.equal(compiled(x), f(x))
