@@ -93,6 +93,30 @@ def _block_sse(xb, vals, gs):
 
 
 @triton.jit
+def _fp8_exact_block_values(xb, amax_blk, gs, SEARCH: tl.constexpr):
+    """xb (R, NB, 16), its block amax (R, NB), gs (R,) -> FP8-exact NVFP4 values e2m1 * s.
+
+    Scale rounded up to {1, 1.5}*2^e; with SEARCH, the next smaller and larger grid scales
+    are tried and the least squared error wins (the nvfp4 reference's rule)."""
+    s_ideal = tl.math.div_rn(tl.math.div_rn(amax_blk, F4_E2M1_MAX), gs[:, None])
+    s = tl.minimum(tl.maximum(_round_up_one_bit(s_ideal), SCALE_MIN), SCALE_MAX)
+    vals = _nvfp4_block_values(xb, s, gs)
+    if SEARCH:
+        best = _block_sse(xb, vals, gs)
+        for step in tl.static_range(2):
+            if step == 0:
+                cand = tl.maximum(_one_bit_step_down(s), SCALE_MIN)
+            else:
+                cand = tl.minimum(_one_bit_step_up(s), SCALE_MAX)
+            c_vals = _nvfp4_block_values(xb, cand, gs)
+            err = _block_sse(xb, c_vals, gs)
+            better = err < best
+            vals = tl.where(better[:, :, None], c_vals, vals)
+            best = tl.where(better, err, best)
+    return vals
+
+
+@triton.jit
 def _quant_rows(x, FMT_NVFP4: tl.constexpr, SEARCH: tl.constexpr, R: tl.constexpr,
                 K: tl.constexpr):
     """x (R, K) fp32 -> (values (R, K) fp32, exact E4M3 numbers; gs (R,) fp32).
@@ -107,22 +131,7 @@ def _quant_rows(x, FMT_NVFP4: tl.constexpr, SEARCH: tl.constexpr, R: tl.constexp
         amax = tl.max(amax_blk, axis=1)  # (R,)
         gs = tl.math.div_rn(amax, NVFP4_ROW_DIV)
         gs = tl.where(amax > 0, tl.maximum(gs, GLOBAL_SCALE_MIN), 1.0)
-        s_ideal = tl.math.div_rn(tl.math.div_rn(amax_blk, F4_E2M1_MAX), gs[:, None])
-        s = tl.minimum(tl.maximum(_round_up_one_bit(s_ideal), SCALE_MIN), SCALE_MAX)
-        vals = _nvfp4_block_values(xb, s, gs)
-        if SEARCH:
-            best = _block_sse(xb, vals, gs)
-            cand = tl.maximum(_one_bit_step_down(s), SCALE_MIN)
-            c_vals = _nvfp4_block_values(xb, cand, gs)
-            err = _block_sse(xb, c_vals, gs)
-            better = err < best
-            vals = tl.where(better[:, :, None], c_vals, vals)
-            best = tl.where(better, err, best)
-            cand = tl.minimum(_one_bit_step_up(s), SCALE_MAX)
-            c_vals = _nvfp4_block_values(xb, cand, gs)
-            err = _block_sse(xb, c_vals, gs)
-            better = err < best
-            vals = tl.where(better[:, :, None], c_vals, vals)
+        vals = _fp8_exact_block_values(xb, amax_blk, gs, SEARCH)
         return tl.reshape(vals, (R, K)), gs
     else:
         amax = tl.max(tl.abs(x), axis=1)
@@ -308,22 +317,7 @@ def attn_quant_kv_kernel(
     if FMT_NVFP4:
         vb = tl.reshape(vt, (D, BLOCK_S // 16, 16))
         amax_blk = tl.max(tl.abs(vb), axis=2)  # (D, NB)
-        s_ideal = tl.math.div_rn(tl.math.div_rn(amax_blk, F4_E2M1_MAX), v_gs[:, None])
-        s = tl.minimum(tl.maximum(_round_up_one_bit(s_ideal), SCALE_MIN), SCALE_MAX)
-        vals = _nvfp4_block_values(vb, s, v_gs)
-        if SEARCH:
-            best = _block_sse(vb, vals, v_gs)
-            cand = tl.maximum(_one_bit_step_down(s), SCALE_MIN)
-            c_vals = _nvfp4_block_values(vb, cand, v_gs)
-            err = _block_sse(vb, c_vals, v_gs)
-            better = err < best
-            vals = tl.where(better[:, :, None], c_vals, vals)
-            best = tl.where(better, err, best)
-            cand = tl.minimum(_one_bit_step_up(s), SCALE_MAX)
-            c_vals = _nvfp4_block_values(vb, cand, v_gs)
-            err = _block_sse(vb, c_vals, v_gs)
-            better = err < best
-            vals = tl.where(better[:, :, None], c_vals, vals)
+        vals = _fp8_exact_block_values(vb, amax_blk, v_gs, SEARCH)
         v8 = tl.reshape(vals, (D, BLOCK_S))
     else:
         inv = tl.math.div_rn(tl.zeros_like(v_gs) + F8E4M3_MAX, v_gs)
