@@ -10,15 +10,17 @@ import triton.language as tl
 
 from solrl_kernels import nvfp4
 from solrl_kernels.nvfp4 import reference as ref
-from solrl_kernels.nvfp4.kernels import _e2m1_codes
+from solrl_kernels.nvfp4.kernels import _e2m1_codes, _e2m1_round
 from solrl_kernels.nvfp4.ops import launch
+from solrl_kernels.nvfp4.testing import assert_same_fp8_container, assert_same_nvfp4
 
 
 @triton.jit
-def _codes_kernel(y_ptr, out_ptr, N, BLOCK: tl.constexpr):
+def _codes_kernel(y_ptr, out_ptr, val_ptr, N, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     y = tl.load(y_ptr + offs, mask=offs < N)
     tl.store(out_ptr + offs, _e2m1_codes(y), mask=offs < N)
+    tl.store(val_ptr + offs, _e2m1_round(y), mask=offs < N)
 
 E2M1 = torch.tensor(ref.E2M1_VALUES, dtype=torch.float64)
 # every positive finite E4M3 value, from the bit patterns
@@ -229,33 +231,6 @@ SHAPES = [(1, 16), (7, 48), (33, 96), (2, 3, 272), (130, 512)]
 CASES = [("rn", False), ("fp8_exact", False), ("fp8_exact", True)]
 
 
-def _block_sse(t: nvfp4.NVFP4Tensor, x: torch.Tensor) -> torch.Tensor:
-    K = t.K
-    d = ref.dequantize(t.to("cpu")).double() - x.cpu().double()
-    return (d.reshape(-1, K // 16, 16) ** 2).sum(-1)
-
-
-def _assert_same(a: nvfp4.NVFP4Tensor, b: nvfp4.NVFP4Tensor, x=None):
-    """Bit equality. With x given (scale search), blocks may differ where the two scale
-    choices tie: their squared errors agree to rounding (the SSE is summed in a different
-    order by the kernel), so either choice is the documented minimum."""
-    assert torch.equal(a.global_scale.cpu(), b.global_scale.cpu())
-    sa, sb = a.scales.view(torch.uint8).cpu(), b.scales.view(torch.uint8).cpu()
-    ca, cb = ref.unpack(a.data.cpu()), ref.unpack(b.data.cpu())
-    if x is not None and not torch.equal(sa, sb):
-        ea, eb = _block_sse(a, x), _block_sse(b, x)
-        diff = (sa.reshape(ea.shape) != sb.reshape(eb.shape))
-        assert diff.float().mean() < 0.01, f"{int(diff.sum())} blocks chose another scale"
-        assert torch.allclose(ea[diff], eb[diff], rtol=1e-5, atol=1e-30), (ea[diff], eb[diff])
-        keep = ~diff.repeat_interleave(16, -1).reshape(ca.shape)
-        sa, sb = sa.reshape(diff.shape)[~diff], sb.reshape(diff.shape)[~diff]
-        ca, cb = ca[keep], cb[keep]
-    if not torch.equal(sa, sb):
-        bad = (sa != sb).nonzero()[:5].tolist()
-        raise AssertionError(f"scales differ at {bad}: {sa[tuple(zip(*bad))]} vs {sb[tuple(zip(*bad))]}")
-    assert torch.equal(ca, cb)
-
-
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("rule,search", CASES, ids=["rn", "fp8_exact", "fp8_exact-search"])
 @pytest.mark.parametrize("granularity", ["tensor", "row"])
@@ -264,7 +239,7 @@ def test_triton_quantize_bit_exact(shape, rule, search, granularity, device):
     x = _rand(shape, dtype, kind="wide" if len(shape) == 2 and shape[0] > 1 else "heavy").to(device)
     a = nvfp4.quantize(x, rule, search, granularity, backend="triton")
     b = ref.quantize(x.cpu(), rule, search, granularity)
-    _assert_same(a, b, x if search else None)
+    assert_same_nvfp4(a, b, x if search else None)
     assert torch.equal(nvfp4.dequantize(a, torch.float32, backend="triton").cpu(), ref.dequantize(a.to("cpu")))
 
 
@@ -274,7 +249,7 @@ def test_triton_blocked_layout_and_fp8_container(dtype, device):
     a = nvfp4.quantize(x, "fp8_exact", granularity="row", scale_layout="blocked", backend="triton")
     b = nvfp4.quantize(x.cpu(), "fp8_exact", granularity="row", scale_layout="blocked",
                        backend="reference")
-    _assert_same(a, b)
+    assert_same_nvfp4(a, b)
     assert torch.equal(nvfp4.dequantize(a, dtype, backend="triton").cpu(), ref.dequantize(b, dtype))
     for gran in ("row", "tensor"):
         v, gs = nvfp4.quantize_to_fp8(x, granularity=gran, backend="triton")
@@ -286,11 +261,11 @@ def test_triton_blocked_layout_and_fp8_container(dtype, device):
 def test_triton_noncontiguous_empty_and_given_scale(device):
     x = _rand((64, 96)).to(device)
     xt = x.t().contiguous().t()[:, :64]  # non-contiguous (..., K) view
-    _assert_same(nvfp4.quantize(xt, backend="triton"), ref.quantize(xt.cpu().contiguous()))
+    assert_same_nvfp4(nvfp4.quantize(xt, backend="triton"), ref.quantize(xt.cpu().contiguous()))
     e = nvfp4.quantize(torch.empty(0, 32, device=device), backend="triton")
     assert e.data.shape == (0, 16)
     gs = torch.tensor(0.01)
-    _assert_same(nvfp4.quantize(x, global_scale=gs.to(device), backend="triton"),
+    assert_same_nvfp4(nvfp4.quantize(x, global_scale=gs.to(device), backend="triton"),
                  ref.quantize(x.cpu(), global_scale=gs))
 
 
@@ -303,15 +278,14 @@ def test_gpu_large_bit_exact(rule, search, granularity):
     x[9] *= 1e4
     a = nvfp4.quantize(x.cuda(), rule, search, granularity)
     b = ref.quantize(x, rule, search, granularity)
-    _assert_same(a, b, x if search else None)
+    assert_same_nvfp4(a, b, x if search else None)
     assert torch.equal(nvfp4.dequantize(a, torch.bfloat16).cpu(),
                        ref.dequantize(a.to("cpu"), torch.bfloat16))
     v, gs = nvfp4.quantize_to_fp8(x.cuda(), granularity=granularity, scale_search=search)
     # the container is exactly the expansion of the kernel's own quantization
     a = nvfp4.quantize(x.cuda(), "fp8_exact", search, granularity)
     v_ref, gs_ref = ref.to_fp8_container(a.to("cpu"))
-    assert torch.equal(v.view(torch.uint8).cpu(), v_ref.view(torch.uint8))
-    assert torch.equal(gs.cpu(), gs_ref.cpu())
+    assert_same_fp8_container(v, gs, v_ref, gs_ref, x if search else None)
 
 
 def test_quantize_op_traces_under_compile():
@@ -328,8 +302,9 @@ def test_quantize_op_traces_under_compile():
 
 
 def test_triton_e2m1_codes_exhaustive(device):
-    """The kernel's bit-trick e2m1 rounding == the reference threshold table on a dense grid
-    of values including every rounding boundary and its fp32 neighbours."""
+    """The kernel's bit-trick e2m1 roundings (to codes, and to values) == the reference
+    threshold table on a dense grid of values including every rounding boundary and its fp32
+    neighbours; signed zeros included."""
     bounds = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0,
                            5.0, 6.0, 7.0, 1e30])
     nb = torch.cat([torch.nextafter(bounds, torch.tensor(-1.0)), bounds,
@@ -337,9 +312,12 @@ def test_triton_e2m1_codes_exhaustive(device):
     y = torch.cat([torch.linspace(-8, 8, 4001), nb, -nb, torch.tensor([float("inf"), -0.0])])
     y = y.to(device)
     out = torch.empty_like(y, dtype=torch.int32)
-    launch(_codes_kernel, (triton.cdiv(y.numel(), 1024),), y, out, y.numel(), BLOCK=1024)
+    val = torch.empty_like(y)
+    launch(_codes_kernel, (triton.cdiv(y.numel(), 1024),), y, out, val, y.numel(), BLOCK=1024)
     want = ref.float_to_e2m1(y.cpu().clamp(-6, 6))
     assert torch.equal(out.cpu(), want.to(torch.int32))
+    want_val = ref.e2m1_to_float(want)
+    assert torch.equal(val.cpu().view(torch.int32), want_val.float().view(torch.int32))
 
 
 def test_absmax_op(device):

@@ -1,15 +1,25 @@
 #!/usr/bin/env bash
-# One H200 device call per PART (each well under the 10-minute limit); logs and records to $OUT.
-#   bash bench/device/run.sh tests   build _C, every GPU test                      (~4 min)
-#   bash bench/device/run.sh gemm    CUTLASS + Triton GEMM benchmarks, SASS check (~8 min)
-#   bash bench/device/run.sh attn    attention sweep + benchmark                  (~6 min)
-#   bash bench/device/run.sh quant   quantization benchmark + tile sweep          (~3 min)
-#   bash bench/device/run.sh toy     driver GPU tests + the toy-gpu Sol-RL run    (~5 min)
-#   bash bench/device/run.sh pretrain toy model pretraining (default 7,000 steps) + eval (~7 min);
-#                                    copy $OUT/{model.safetensors,config.json} to solrl/toy/weights/
+# H200 device runs: bash bench/device/run.sh PART [PART ...]; logs and records go to $OUT.
+# Parts (times measured on the H200; one device call may run at most 10 minutes):
+#   tests        build _C, every GPU test                                   (~2 min)
+#   quant        quantization benchmark                                     (~0.5 min)
+#   quant-sweep  quantization tile sweep                                    (~2.5 min)
+#   gemm         SASS check + nvfp4_linear benchmark vs cuBLAS BF16 / FP8
+#   gemm-sweep   CUTLASS FP8 GEMM sweep vs cuBLAS (bench/native_gemm_sweep.py)
+#   attn         attention benchmark vs cuDNN / FLASH SDPA
+#   attn-sweep   attention correctness + kernel-config sweep
+#   toy          driver GPU tests + the toy-gpu Sol-RL run
+#   pretrain     toy model pretraining (default 7,000 steps) + eval (~7 min);
+#                copy $OUT/{model.safetensors,config.json} to solrl/toy/weights/
 # Prepare first with bench/device/fetch.sh; carry [".whl", "build/cutlass_src"].
-# Then copy $OUT/results.json over bench/results.json (records replace older ones by key).
+# Then copy $OUT/results.json over bench/results.json (records replace older ones by key) and
+# unpack $OUT/logs.tgz (a device call returns at most ~8 files: everything else is archived).
 set -uo pipefail
+PARTS="tests quant quant-sweep gemm gemm-sweep attn attn-sweep toy pretrain"
+[ $# -gt 0 ] || set -- help
+for p in "$@"; do
+  case " $PARTS " in *" $p "*) ;; *) echo "usage: $0 PART [PART ...], PART in: $PARTS"; exit 2 ;; esac
+done
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -21,40 +31,55 @@ export SOLRL_BENCH_RESULTS=$OUT/results.json
 cp bench/results.json "$OUT/results.json"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv,noheader | tee "$OUT/gpu.txt"
 
+BUILT=0
 build() {
+  [ "$BUILT" = 1 ] && return 0
+  BUILT=1
   CUTLASS_PATH=$PWD/build/cutlass_src TORCH_CUDA_ARCH_LIST=9.0a MAX_JOBS=16 \
     python3 setup.py build_ext --inplace > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
   python3 -m solrl_kernels | tee "$OUT/backends.txt"
 }
 
-case "${1:-}" in
+part() {
+  echo "== $1 ($(date +%T))"
+  case "$1" in
   tests)
     build
     python3 -m pytest -q -p no:cacheprovider -m gpu -n 4 tests 2>&1 | tee "$OUT/gpu_tests.log" | tail -30 ;;
+  quant)
+    python3 -m pytest -q -p no:cacheprovider bench/test_bench_quantize.py --benchmark-enable -s \
+      2>&1 | tee "$OUT/quant_bench.log" | grep -E "copy|GB/s|passed|failed" ;;
+  quant-sweep)
+    timeout 150 python3 bench/quantize_sweep.py > "$OUT/quant_sweep.log" 2>&1
+    sort -t: -k2 -n "$OUT/quant_sweep.log" | tail -8 ;;
   gemm)
     build
     cuobjdump --dump-sass solrl_kernels/_C*.so | grep -oE "QGMMA[.A-Z0-9x]*" | sort | uniq -c | tee "$OUT/sass.txt"
-    timeout 280 python3 bench/native_gemm_sweep.py 2>&1 | tee "$OUT/native_gemm.log" | tail -25
     timeout 250 python3 -m pytest -q -p no:cacheprovider bench/test_bench_gemm.py --benchmark-enable -s \
       2>&1 | tee "$OUT/gemm_bench.log" | tail -40 ;;
+  gemm-sweep)
+    build
+    timeout 280 python3 bench/native_gemm_sweep.py 2>&1 | tee "$OUT/native_gemm.log" | tail -25 ;;
   attn)
-    timeout 240 python3 bench/attention_sweep.py --quick 2>&1 | tee "$OUT/attention_sweep.log" | tail -40
     timeout 240 python3 -m pytest -q -p no:cacheprovider bench/test_bench_attention.py --benchmark-enable -s \
       2>&1 | tee "$OUT/attention_bench.log" | tail -30 ;;
-  quant)
-    python3 -m pytest -q -p no:cacheprovider bench/test_bench_quantize.py --benchmark-enable -s \
-      2>&1 | tee "$OUT/quant_bench.log" | grep -E "copy|GB/s|passed|failed"
-    timeout 150 python3 bench/quantize_sweep.py > "$OUT/quant_sweep.log" 2>&1
-    sort -t: -k2 -n "$OUT/quant_sweep.log" | tail -8 ;;
+  attn-sweep)
+    timeout 240 python3 bench/attention_sweep.py --quick 2>&1 | tee "$OUT/attention_sweep.log" | tail -40 ;;
   toy)
     python3 -m pytest -q -p no:cacheprovider tests/test_seeds.py tests/test_driver_e2e.py -k "cuda or gpu" 2>&1 | tail -5
-    timeout 420 python3 -m solrl.train --preset toy-gpu log.run_dir=/tmp/toy-gpu log.progress=False 2>&1 | tail -22
-    cp /tmp/toy-gpu/metrics.jsonl /tmp/toy-gpu/reward.png /tmp/toy-gpu/summary.txt /tmp/toy-gpu/config.yaml "$OUT/" ;;
+    timeout "${TOY_TIMEOUT:-420}" python3 -m solrl.train --preset toy-gpu log.run_dir=/tmp/toy-gpu log.progress=False 2>&1 | tail -22
+    mkdir -p "$OUT/toy-gpu"
+    cp /tmp/toy-gpu/*.jsonl /tmp/toy-gpu/reward.png /tmp/toy-gpu/summary.txt /tmp/toy-gpu/config.yaml "$OUT/toy-gpu/" ;;
   pretrain)
     timeout 480 python3 -m solrl.toy.pretrain --out /tmp/w 2>&1 | tail -5
     timeout 90 python3 -m solrl.toy.eval --weights /tmp/w --out /tmp/ev 2>&1 | tail -25
     cp /tmp/w/model.safetensors /tmp/w/config.json /tmp/w/loss.png /tmp/ev/eval.json \
       /tmp/ev/samples_40.png "$OUT/" ;;
-  *)
-    echo "usage: $0 tests|gemm|attn|quant|toy|pretrain"; exit 2 ;;
-esac
+  esac
+}
+
+for p in "$@"; do part "$p"; done
+# only a few files come back from a device call: everything but the records goes in one archive
+tar -czf /tmp/logs.tgz -C "$OUT" --exclude results.json . && find "$OUT" -mindepth 1 \
+  ! -name results.json -delete && mv /tmp/logs.tgz "$OUT/"
+echo "== done ($(date +%T)); \$OUT: results.json + logs.tgz"

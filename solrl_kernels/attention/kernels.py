@@ -38,8 +38,9 @@ import triton.language as tl
 
 from ..nvfp4 import reference as nvfp4_ref
 from ..nvfp4.kernels import (
-    _e2m1_codes,
-    _e2m1_values,
+    _e2m1_round,
+    _e2m1_round_nonneg,
+    _e4m3_rn,
     _one_bit_step_down,
     _one_bit_step_up,
     _round_up_one_bit,
@@ -56,25 +57,15 @@ FP8_ROW_AMAX_MIN = tl.constexpr(quant.FP8_ROW_AMAX_MIN)
 P_BLOCK_SCALE_MUL = tl.constexpr(quant.P_BLOCK_SCALE_MUL)
 P_SCALE_NVFP4 = tl.constexpr(quant.P_SCALE["nvfp4"])
 P_SCALE_FP8 = tl.constexpr(quant.P_SCALE["fp8"])
-RINT_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2^23: (x + M) - M rounds |x| < 2^22 to an integer
 
 
 # ----------------------------------------------------------------------------- helpers
 
 
 @triton.jit
-def _e4m3_rn(x):
-    """fp32 x with |x| <= 448 -> fp32 holding the nearest E4M3 value (ties to even).
-
-    Normal range (|x| >= 2^-6): drop 20 mantissa bits with RNE on the bits; subnormal range:
-    quantum 2^-9, by adding and removing 2^14 (whose fp32 ulp is 2^-9).
-    """
-    a = tl.abs(x)
-    bits = a.to(tl.int32, bitcast=True)
-    lsb = (bits >> 20) & 1
-    normal = ((bits + 0x7FFFF + lsb) & -0x100000).to(tl.float32, bitcast=True)
-    sub = (a + 16384.0) - 16384.0
-    r = tl.where(a >= 0.015625, normal, sub)
+def _e4m3_rn_signed(x):
+    """fp32 x with |x| <= 448 -> fp32 holding the nearest E4M3 value (ties to even)."""
+    r = _e4m3_rn(tl.abs(x))
     return tl.where(x < 0, -r, r)
 
 
@@ -83,7 +74,7 @@ def _nvfp4_block_values(xb, s, gs):
     """xb (R, NB, 16), s (R, NB), gs (R,) -> fp32 e2m1 * s (exact E4M3 numbers)."""
     y = tl.math.div_rn(xb, (s * gs[:, None])[:, :, None])
     y = tl.minimum(tl.maximum(y, -F4_E2M1_MAX), F4_E2M1_MAX)
-    return _e2m1_values(_e2m1_codes(y)) * s[:, :, None]
+    return _e2m1_round(y) * s[:, :, None]
 
 
 @triton.jit
@@ -139,7 +130,7 @@ def _quant_rows(x, FMT_NVFP4: tl.constexpr, SEARCH: tl.constexpr, R: tl.constexp
         inv = tl.math.div_rn(tl.zeros_like(a) + F8E4M3_MAX, a)
         y = x * inv[:, None]
         y = tl.minimum(tl.maximum(y, -F8E4M3_MAX), F8E4M3_MAX)
-        return _e4m3_rn(y), tl.math.div_rn(a, F8E4M3_MAX)
+        return _e4m3_rn_signed(y), tl.math.div_rn(a, F8E4M3_MAX)
 
 
 @triton.jit
@@ -151,19 +142,7 @@ def _p_scale_inv(s):
 
 
 @triton.jit
-def _e2m1_round_pos(y):
-    """y in [0, 6] -> nearest e2m1 value (ties to even), as fp32.
-
-    The e2m1 grid has step 0.5 below 2, 1 in [2, 4], 2 in [4, 6]; rounding y / step to an
-    integer with RNE gives the reference's ties (even integer <-> even code).
-    """
-    step = tl.where(y >= 4.0, 2.0, tl.where(y >= 2.0, 1.0, 0.5))
-    inv = tl.where(y >= 4.0, 0.5, tl.where(y >= 2.0, 1.0, 2.0))
-    return ((y * inv + RINT_MAGIC) - RINT_MAGIC) * step
-
-
-@triton.jit
-def _quantize_p(r, FMT_NVFP4: tl.constexpr, HW_FP8_CAST: tl.constexpr,
+def _quantize_p(r, FMT_NVFP4: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """r (BLOCK_M, BLOCK_N) in [0, 1] -> (p fp32, p8 e4m3): FP8-exact values, quant.quantize_p.
 
@@ -175,16 +154,11 @@ def _quantize_p(r, FMT_NVFP4: tl.constexpr, HW_FP8_CAST: tl.constexpr,
         s = tl.minimum(tl.maximum(_round_up_one_bit(bmax * P_BLOCK_SCALE_MUL), SCALE_MIN),
                        SCALE_MAX)
         y = tl.minimum(rb * _p_scale_inv(s)[:, :, None], F4_E2M1_MAX)
-        p = tl.reshape(_e2m1_round_pos(y) * s[:, :, None], (BLOCK_M, BLOCK_N))
+        p = tl.reshape(_e2m1_round_nonneg(y) * s[:, :, None], (BLOCK_M, BLOCK_N))
         return p, p.to(tl.float8e4nv)
     else:
-        y = tl.minimum(r * P_SCALE_FP8, F8E4M3_MAX)
-        if HW_FP8_CAST:  # cvt.rn.satfinite: RNE, as _e4m3_rn
-            p8 = y.to(tl.float8e4nv)
-            return p8.to(tl.float32), p8
-        else:
-            p = _e4m3_rn(y)
-            return p, p.to(tl.float8e4nv)
+        p = _e4m3_rn(tl.minimum(r * P_SCALE_FP8, F8E4M3_MAX))
+        return p, p.to(tl.float8e4nv)
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -323,7 +297,7 @@ def attn_quant_kv_kernel(
         inv = tl.math.div_rn(tl.zeros_like(v_gs) + F8E4M3_MAX, v_gs)
         y = vt * inv[:, None]
         y = tl.minimum(tl.maximum(y, -F8E4M3_MAX), F8E4M3_MAX)
-        v8 = _e4m3_rn(y)
+        v8 = _e4m3_rn_signed(y)
     tl.store(v8t_ptr + (g.to(tl.int64) * D + d[:, None]) * S_pad + r[None, :],
              v8.to(tl.float8e4nv))
 
@@ -334,7 +308,7 @@ def attn_fwd_kernel(
     H, Sq, S_pad, n_tiles, qk_mul,
     sqb, sqh, sqs, sob, soh, sos,
     FMT_NVFP4: tl.constexpr, SEARCH: tl.constexpr, SMOOTH_Q: tl.constexpr,
-    DOT_F32: tl.constexpr, HW_FP8_CAST: tl.constexpr,
+    DOT_F32: tl.constexpr,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Online-softmax attention over pre-quantized K/V (module doc); qk_mul = scale*log2(e)."""
@@ -378,7 +352,7 @@ def attn_fwd_kernel(
         t = s * q_mul[:, None] * k_gs[None, :] + k_b[None, :]
         mt = tl.max(t, axis=1)
         r = tl.exp2(t - mt[:, None])
-        p, p8 = _quantize_p(r, FMT_NVFP4, HW_FP8_CAST, BLOCK_M, BLOCK_N)
+        p, p8 = _quantize_p(r, FMT_NVFP4, BLOCK_M, BLOCK_N)
         m_new = tl.maximum(m_i, mt)
         alpha = tl.exp2(m_i - m_new)
         if FMT_NVFP4:

@@ -159,15 +159,21 @@ def quantize_kv(
 def attention_fwd(
     q: torch.Tensor, kv: QuantizedKV, out: torch.Tensor, precision: str, tau: float,
     config: AttentionQuantConfig, kernel_config: KernelConfig = DEFAULT_KERNEL_CONFIG,
+    exact_dots: bool = False,
 ) -> torch.Tensor:
-    """Launches attn_fwd_kernel: q (B, H, Sq, D) + quantized K/V -> out (written, returned)."""
+    """Launches attn_fwd_kernel: q (B, H, Sq, D) + quantized K/V -> out (written, returned).
+
+    exact_dots: run QK^T and PV as fp32 dots of the (exact) FP8 values instead of FP8 MMAs
+    (slow; for tests: Hopper's FP8 MMA accumulates with fewer than fp32's 24 bits, which
+    is the only difference left between the kernel and the reference). Always on under the
+    interpreter."""
     import triton
 
     from . import kernels
 
     B, H, Sq, D = q.shape
     nvfp4 = precision == "nvfp4"
-    interp = triton_interpreting() and q.device.type == "cpu"
+    dot_f32 = exact_dots or (triton_interpreting() and q.device.type == "cpu")
     kc = kernel_config
     with _device_guard(q.device):
         kernels.attn_fwd_kernel[(triton.cdiv(Sq, kc.block_m), B * H)](
@@ -176,7 +182,7 @@ def attention_fwd(
             q.stride(0), q.stride(1), q.stride(2),
             out.stride(0), out.stride(1), out.stride(2),
             FMT_NVFP4=nvfp4, SEARCH=config.scale_search and nvfp4, SMOOTH_Q=config.smooth_q,
-            DOT_F32=interp, HW_FP8_CAST=not interp,
+            DOT_F32=dot_f32,
             D=D, BLOCK_M=kc.block_m, BLOCK_N=config.block_n,
             num_warps=kc.num_warps, num_stages=kc.num_stages, enable_fp_fusion=kc.fp_fusion,
         )
@@ -191,6 +197,7 @@ def quant_attention_triton(
     scale: float | None = None,
     config: AttentionQuantConfig = DEFAULT_CONFIG,
     kernel_config: KernelConfig = DEFAULT_KERNEL_CONFIG,
+    exact_dots: bool = False,
 ) -> torch.Tensor:
     """The three Triton launches (kernels.py) -> out (B, H, Sq, D) in q.dtype, q's layout.
 
@@ -204,7 +211,7 @@ def quant_attention_triton(
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     tau = _softmax_scale(q.shape[-1], scale)
     kv = quantize_kv(q, k, v, precision, tau, config)
-    return attention_fwd(q, kv, out, precision, tau, config, kernel_config)
+    return attention_fwd(q, kv, out, precision, tau, config, kernel_config, exact_dots)
 
 
 @torch.library.custom_op("solrl_kernels::quant_attention", mutates_args=())

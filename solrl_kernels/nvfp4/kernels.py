@@ -115,6 +115,27 @@ def _e2m1_values(codes):
 
 
 @triton.jit
+def _e2m1_round_nonneg(a):
+    """fp32 a in [0, 6] -> the nearest e2m1 value (ties to even), as fp32.
+
+    Rounds to one mantissa bit by adding and removing 1.5 * 2^(E+22), E = max(exponent of a,
+    0): that number's fp32 ulp is the e2m1 quantum 2^(E-1) (0.5 below 2).
+    """
+    e = tl.maximum(a.to(tl.int32, bitcast=True) & 0x7F800000, 0x3F800000)
+    magic = ((e + (22 << 23)) | 0x400000).to(tl.float32, bitcast=True)
+    return (a + magic) - magic
+
+
+@triton.jit
+def _e2m1_round(y):
+    """fp32 y -> the nearest e2m1 value as fp32 (RNE, saturating at +-6, sign kept: -0.0 for
+    small negatives); equals _e2m1_values(_e2m1_codes(y)) (tested exhaustively)."""
+    r = _e2m1_round_nonneg(tl.minimum(tl.abs(y), 6.0))
+    sign = y.to(tl.int32, bitcast=True) & -0x80000000
+    return (r.to(tl.int32, bitcast=True) | sign).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _split_pairs(w, IN_KIND: tl.constexpr):
     """Words of two elements -> (even, odd) fp32. IN_KIND: 0 bf16, 1 fp16 (int32 words),
     2 fp32 (int64 words). bf16 -> fp32 is a 16-bit shift."""
@@ -131,16 +152,11 @@ def _split_pairs(w, IN_KIND: tl.constexpr):
 
 
 @triton.jit
-def _codes(x, inv_total):
-    """x (BM, NB, 8) fp32, inv_total (BM, NB) -> int32 e2m1 codes."""
-    return _e2m1_codes(x * inv_total[:, :, None])
-
-
-@triton.jit
-def _pair_sse(xe, xo, ce, co, total):
+def _pair_sse(xe, xo, re, ro, total):
+    """Per-block squared error of e2m1 values (re, ro) * total against (xe, xo)."""
     t = total[:, :, None]
-    de = xe - _e2m1_values(ce) * t
-    do = xo - _e2m1_values(co) * t
+    de = xe - re * t
+    do = xo - ro * t
     return tl.sum(de * de + do * do, axis=2)
 
 
@@ -196,10 +212,12 @@ def _quantize_chunk(
         s = _e4m3_rn(tl.minimum(tl.maximum(s_ideal, E4M3_MIN_SUBNORMAL), F8E4M3_MAX))
     total = s * gs[:, None]
     inv = tl.math.div_rn(1.0, total)
-    ce = _codes(xe, inv)
-    co = _codes(xo, inv)
-    if SEARCH:
-        best = _pair_sse(xe, xo, ce, co, total)
+    ye = xe * inv[:, :, None]
+    yo = xo * inv[:, :, None]
+    if SEARCH:  # try the next smaller and larger scales; keep the least squared error
+        re = _e2m1_round(ye)
+        ro = _e2m1_round(yo)
+        best = _pair_sse(xe, xo, re, ro, total)
         s_up = s
         for step in tl.static_range(2):
             if step == 0:
@@ -208,16 +226,21 @@ def _quantize_chunk(
                 cand = tl.minimum(_one_bit_step_up(s_up), FP8_EXACT_SCALE_MAX)
             c_total = cand * gs[:, None]
             c_inv = tl.math.div_rn(1.0, c_total)
-            c_ce = _codes(xe, c_inv)
-            c_co = _codes(xo, c_inv)
-            err = _pair_sse(xe, xo, c_ce, c_co, c_total)
+            c_ye = xe * c_inv[:, :, None]
+            c_yo = xo * c_inv[:, :, None]
+            c_re = _e2m1_round(c_ye)
+            c_ro = _e2m1_round(c_yo)
+            err = _pair_sse(xe, xo, c_re, c_ro, c_total)
             better = err < best
             s = tl.where(better, cand, s)
-            ce = tl.where(better[:, :, None], c_ce, ce)
-            co = tl.where(better[:, :, None], c_co, co)
+            b3 = better[:, :, None]
+            ye = tl.where(b3, c_ye, ye)
+            yo = tl.where(b3, c_yo, yo)
+            re = tl.where(b3, c_re, re)
+            ro = tl.where(b3, c_ro, ro)
             best = tl.where(better, err, best)
     if WRITE_PACKED:
-        packed = (ce | (co << 4)).to(tl.uint8)
+        packed = (_e2m1_codes(ye) | (_e2m1_codes(yo) << 4)).to(tl.uint8)
         tl.store(data_ptr + row3 * KW + wcol, packed, mask=m)
         scols = k0 // 16 + blk
         soffs = _scale_offsets(rows64[:, None], scols[None, :], (n_scale_cols + 3) // 4,
@@ -225,8 +248,11 @@ def _quantize_chunk(
         sm = row_ok[:, None] & (scols[None, :] < n_scale_cols)
         tl.store(scales_ptr + soffs, s.to(tl.float8e4nv).to(tl.uint8, bitcast=True), mask=sm)
     if WRITE_FP8:
-        ve = (_e2m1_values(ce) * s[:, :, None]).to(tl.float8e4nv).to(tl.uint8, bitcast=True)
-        vo = (_e2m1_values(co) * s[:, :, None]).to(tl.float8e4nv).to(tl.uint8, bitcast=True)
+        if not SEARCH:
+            re = _e2m1_round(ye)
+            ro = _e2m1_round(yo)
+        ve = (re * s[:, :, None]).to(tl.float8e4nv).to(tl.uint8, bitcast=True)
+        vo = (ro * s[:, :, None]).to(tl.float8e4nv).to(tl.uint8, bitcast=True)
         v16 = tl.reshape(tl.join(ve, vo), (BLOCK_M, NB, 16))  # pairs -> consecutive bytes
         col16 = k0 + blk[None, :, None] * 16 + tl.arange(0, 16)[None, None, :]
         tl.store(fp8_ptr + row3 * K + col16, v16, mask=row_ok[:, None, None] & (col16 < K))
@@ -245,7 +271,8 @@ def nvfp4_quantize_kernel(
     WRITE_PACKED: tl.constexpr,  # write data (R, K/2) + scales
     WRITE_FP8: tl.constexpr,  # write the FP8-exact E4M3 values e2m1*s_blk (R, K) as bytes
     BLOCK_M: tl.constexpr,
-    BLOCK_K: tl.constexpr,  # >= K: the whole row is one chunk, loaded once (ONE_TILE)
+    BLOCK_K: tl.constexpr,
+    ONE_TILE: tl.constexpr,  # BLOCK_K >= K: the whole row is one chunk, loaded once
 ):
     NB: tl.constexpr = BLOCK_K // 16
     pid = tl.program_id(0)
@@ -258,7 +285,7 @@ def nvfp4_quantize_kernel(
     wrow = xw_ptr + rows64[:, None, None] * stride_w
     rowok3 = row_ok[:, None, None]
 
-    if BLOCK_K >= K:  # one chunk per row: load once, amax and quantize from registers
+    if ONE_TILE:  # one chunk per row: load once, amax and quantize from registers
         w = tl.load(wrow + woffs, mask=rowok3 & (woffs < KW), other=0)
         if COMPUTE_GS:
             xe, xo = _split_pairs(w, IN_KIND)

@@ -24,7 +24,8 @@ from .layouts import blocked_numel
 
 
 def launch(kernel, grid, *args, **meta) -> None:
-    """kernel[grid](*args, **meta), visible to torch.compile through wrap_triton.
+    """kernel[grid](*args, **meta), visible to torch.compile through wrap_triton (in eager,
+    triton_op turns wrap_triton into a plain launch).
 
     Under TRITON_INTERPRET=1 kernels are plain interpreted callables: call them directly,
     and not at all on fake/meta tensors (shape propagation needs no launch).
@@ -92,7 +93,8 @@ def nvfp4_quantize(
         R, K, xw.stride(0),
         IN_KIND=_KIND[x.dtype], FP8_EXACT=fp8_exact, SEARCH=scale_search, GS_PER_ROW=per_row,
         COMPUTE_GS=compute_gs, BLOCKED=blocked, WRITE_PACKED=write_packed, WRITE_FP8=write_fp8,
-        BLOCK_M=block_m, BLOCK_K=block_k, num_warps=warps, enable_fp_fusion=False,
+        BLOCK_M=block_m, BLOCK_K=block_k, ONE_TILE=block_k >= K, num_warps=warps,
+        enable_fp_fusion=False,
     )
     return data, scales, gs_out, fp8
 
