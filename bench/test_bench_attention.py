@@ -57,7 +57,7 @@ def _sdpa(backend: str, q, k, v):
         return torch.nn.functional.scaled_dot_product_attention(q, k, v)
 
 
-@pytest.mark.parametrize("precision", ["fp8", "nvfp4"])
+@pytest.mark.parametrize("precision", ["fp8", "nvfp4", "nvfp4_pv"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0].replace(' ', '-')}-B{s[1]}")
 def test_bench_attention(benchmark, shape, precision):
     label, B, H, S, D = shape

@@ -77,8 +77,10 @@ class RolloutConfig:
     preview_linear: Literal["nvfp4", "bf16"] = "nvfp4"
     """Precision of the linear layers in FP4 rollouts (sol_rl preview, naive_fp4); "bf16" turns
     the FP4 path off (for debugging the pipeline without solrl_kernels)."""
-    preview_attention: Literal["bf16", "fp8", "nvfp4"] = "bf16"
-    """Attention precision in FP4 rollouts (official Sol-RL: bf16)."""
+    preview_attention: Literal["bf16", "fp8", "nvfp4", "nvfp4_pv"] = "bf16"
+    """Attention precision in FP4 rollouts (official Sol-RL: bf16). "nvfp4_pv" keeps Q and K in
+    FP8 and quantizes P and V to NVFP4: more accurate than "nvfp4" on peaky attention, with
+    the same FP8 tensor-core MMAs on Hopper."""
     fp4_min_features: int = 256
     """NVFP4 swap skips linear layers with min(in, out) below this (rollout_mode's
     min_features; embedders, adaLN and the final layer are always kept, as in Sol-RL)."""

@@ -115,7 +115,7 @@ def variants():
     yield "packed gemm fused", lambda: tl_.nvfp4_gemm_packed(a, w.data, w.scales, sa, sb, None, "none", torch.bfloat16, pcfg)
     yield "packed weight expansion", lambda: tl_.expand_nvfp4(w.data, w.scales)
 
-    for prec in ("fp8", "nvfp4"):
+    for prec in ("fp8", "nvfp4", "nvfp4_pv"):
         for D in (64, 128):
             q = torch.randn(1, 2, 300, D, dtype=torch.bfloat16)
             yield f"attention {prec} D{D}", lambda q=q, p=prec: attn_ops.quant_attention_triton(q, q, q, p)

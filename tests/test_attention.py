@@ -145,6 +145,10 @@ def test_reference_v_shift_passes_through(fmt):
         pytest.param("k_bias", "nvfp4", 0.975, id="kbias-nvfp4"),
         pytest.param("q_bias", "nvfp4", 0.985, id="qbias-nvfp4"),
         pytest.param("dit", "nvfp4", 0.998, id="dit-nvfp4"),
+        # FP8 logits, NVFP4 P and V: the issue's nvfp4 target (0.98) met on flat and peaky
+        pytest.param("flat", "nvfp4_pv", 0.985, id="flat-nvfp4_pv"),
+        pytest.param("peaky", "nvfp4_pv", 0.985, id="peaky-nvfp4_pv"),
+        pytest.param("dit", "nvfp4_pv", 0.999, id="dit-nvfp4_pv"),
     ],
 )
 def test_reference_accuracy_floor(kind, fmt, floor):
@@ -185,6 +189,9 @@ kernel_cpu = pytest.mark.skipif(
         pytest.param("fp8", 1, 1, 20, 50, 64, AttentionQuantConfig(block_n=64), id="fp8-Sk50-bn64"),
         pytest.param("nvfp4", 1, 1, 16, 140, 64,
                      AttentionQuantConfig(smooth_k=False, scale_search=False), id="nvfp4-nosearch"),
+        pytest.param("nvfp4_pv", 1, 2, 77, 77, 64, AttentionQuantConfig(), id="nvfp4_pv-S77-D64"),
+        pytest.param("nvfp4_pv", 1, 1, 40, 150, 128, AttentionQuantConfig(block_n=64),
+                     id="nvfp4_pv-Sk150-D128-bn64"),
     ],
 )
 def test_kernel_matches_reference(device, fmt, B, H, Sq, Sk, D, cfg):
@@ -286,7 +293,7 @@ def test_op_fake_and_compile():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("fmt", ["fp8", "nvfp4"])
+@pytest.mark.parametrize("fmt", ["fp8", "nvfp4", "nvfp4_pv"])
 @pytest.mark.parametrize("D", [64, 128])
 def test_gpu_kernel_exact_dots_match_reference_on_flat_inputs(fmt, D):
     """Zero-mean random Q/K/V (flat attention): the outputs are averages ~50x smaller than V,
@@ -310,7 +317,7 @@ def test_gpu_kernel_exact_dots_match_reference_on_flat_inputs(fmt, D):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("fmt", ["fp8", "nvfp4"])
+@pytest.mark.parametrize("fmt", ["fp8", "nvfp4", "nvfp4_pv"])
 @pytest.mark.parametrize("D", [64, 128])
 def test_gpu_kernel_matches_reference_large(fmt, D):
     B, H, S = 1, 4, 4608 if D == 128 else 4429
@@ -332,7 +339,9 @@ def test_gpu_accuracy_vs_sdpa(kind):
     qb, kb, vb = q.bfloat16(), k.bfloat16(), v.bfloat16()
     fp8 = compare(attention(qb, kb, vb, "fp8"), ref)
     nv = compare(attention(qb, kb, vb, "nvfp4"), ref)
-    print(f"\n{kind}: fp8 {fp8}  nvfp4 {nv}")
-    floors = {"flat": (0.998, 0.975), "peaky": (0.995, 0.94), "k_bias": (0.998, 0.975),
-              "dit": (0.999, 0.998)}[kind]
-    assert fp8["cos"] >= floors[0] and nv["cos"] >= floors[1], (fp8, nv)
+    pv = compare(attention(qb, kb, vb, "nvfp4_pv"), ref)
+    print(f"\n{kind}: fp8 {fp8}  nvfp4 {nv}  nvfp4_pv {pv}")
+    floors = {"flat": (0.998, 0.975, 0.985), "peaky": (0.995, 0.94, 0.985),
+              "k_bias": (0.998, 0.975, 0.985), "dit": (0.999, 0.998, 0.999)}[kind]
+    got = (fp8["cos"], nv["cos"], pv["cos"])
+    assert all(g >= f for g, f in zip(got, floors)), (got, floors)

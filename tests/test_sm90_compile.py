@@ -34,12 +34,13 @@ def compiled() -> dict[str, list[dict]]:
 def test_every_variant_compiles(compiled):
     errors = {v: r[0]["error"] for v, r in compiled.items() if "error" in r[0]}
     assert not errors, errors
-    assert len(compiled) == 14, sorted(compiled)  # 7 quantization, 3 GEMM, 4 attention
+    assert len(compiled) == 16, sorted(compiled)  # 7 quantization, 3 GEMM, 6 attention
 
 
 @pytest.mark.parametrize("variant", ["fp8 gemm (H200 tiles)", "packed gemm fused",
                                      "attention fp8 D64", "attention fp8 D128",
-                                     "attention nvfp4 D64", "attention nvfp4 D128"])
+                                     "attention nvfp4 D64", "attention nvfp4 D128",
+                                     "attention nvfp4_pv D64", "attention nvfp4_pv D128"])
 def test_fp8_tensor_cores_and_no_spills(compiled, variant):
     main = [r for r in compiled[variant] if r["wgmma"]]
     assert main, f"{variant}: no kernel issues wgmma"

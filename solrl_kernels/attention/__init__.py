@@ -1,4 +1,5 @@
-"""Quantized attention: "fp8" and "nvfp4" (FP8-exact, so it runs on Hopper FP8 tensor cores).
+"""Quantized attention: "fp8", "nvfp4" and "nvfp4_pv" (FP8 Q/K, NVFP4 P/V); all FP8-exact, so
+they run on Hopper FP8 tensor cores.
 
     from solrl_kernels.attention import attention
     out = attention(q, k, v, precision="nvfp4")      # q, k, v: (B, H, S, D), D in {64, 128}

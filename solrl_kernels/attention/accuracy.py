@@ -75,6 +75,7 @@ def _methods(q, k, v, kernel: bool) -> dict:
         "naive nvfp4": lambda: naive_nvfp4_attention_reference(q, k, v),
         "fp8 (emulated)": lambda: attention_reference(q, k, v, "fp8"),
         "nvfp4 (emulated)": lambda: attention_reference(q, k, v, "nvfp4"),
+        "nvfp4_pv (emulated)": lambda: attention_reference(q, k, v, "nvfp4_pv"),
         "bf16 inputs, fp32 SDPA": lambda: torch.nn.functional.scaled_dot_product_attention(
             qb.float(), kb.float(), vb.float()
         ),
@@ -84,6 +85,8 @@ def _methods(q, k, v, kernel: bool) -> dict:
 
         methods["fp8 (kernel, bf16 in)"] = lambda: attention(qb, kb, vb, "fp8", backend="triton")
         methods["nvfp4 (kernel, bf16 in)"] = lambda: attention(qb, kb, vb, "nvfp4", backend="triton")
+        methods["nvfp4_pv (kernel, bf16 in)"] = lambda: attention(qb, kb, vb, "nvfp4_pv",
+                                                                  backend="triton")
     return methods
 
 

@@ -169,13 +169,13 @@ def attn_stats_kernel(
     q_ptr, k_ptr, v_ptr, stats_ptr,
     H, Sq, Sk,
     sqb, sqh, sqs, skb, skh, sks, svb, svh, svs,
-    FMT_NVFP4: tl.constexpr, SMOOTH_Q: tl.constexpr, SMOOTH_K: tl.constexpr,
+    PV_NVFP4: tl.constexpr, SMOOTH_Q: tl.constexpr, SMOOTH_K: tl.constexpr,
     SMOOTH_V: tl.constexpr,
     D: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """stats[g, 0..3, d] = q_mean, k_mean, v_mean (0 where not smoothed), V channel scale.
 
-    stats[g, 3] from amax = max_j |v_j - v_mean|: "nvfp4" the per-channel global scale
+    stats[g, 3] from amax = max_j |v_j - v_mean|: V in "nvfp4", the per-channel global scale
     gs = amax / 384 (floored; 1 for 0); "fp8" a = amax (floored; 448 for 0), from which the
     quant kernel takes inv = 448 / a and the epilogue gs = a / 448, as quant.quantize_rows.
     """
@@ -230,7 +230,7 @@ def attn_stats_kernel(
     # max_j |v_j - mean| == max(vmax - mean, mean - vmin): fp32 subtraction is monotonic
     amax = tl.maximum(tl.max(vmax, axis=0) - v_mean, v_mean - tl.min(vmin, axis=0))
     amax = tl.maximum(amax, 0.0)
-    if FMT_NVFP4:
+    if PV_NVFP4:
         gs = tl.math.div_rn(amax, NVFP4_ROW_DIV)
         gs = tl.where(amax > 0, tl.maximum(gs, GLOBAL_SCALE_MIN), 1.0)
     else:
@@ -245,8 +245,8 @@ def attn_quant_kv_kernel(
     k8_ptr, k_scale_ptr, k_bias_ptr, v8t_ptr,
     H, Sk, S_pad, bias_mul,
     skb, skh, sks, svb, svh, svs,
-    FMT_NVFP4: tl.constexpr, SEARCH: tl.constexpr, SMOOTH_Q: tl.constexpr,
-    SMOOTH_K: tl.constexpr,
+    QK_NVFP4: tl.constexpr, PV_NVFP4: tl.constexpr, SEARCH: tl.constexpr,
+    SMOOTH_Q: tl.constexpr, SMOOTH_K: tl.constexpr,
     D: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
     """One (head, BLOCK_S keys) tile: smoothed, quantized K rows and V^T blocks; key bias.
@@ -277,7 +277,7 @@ def attn_quant_kv_kernel(
     else:
         bias = tl.zeros((BLOCK_S,), dtype=tl.float32)
     bias = tl.where(ok, bias, float("-inf"))
-    k_vals, k_gs = _quant_rows(k, FMT_NVFP4, SEARCH, BLOCK_S, D)
+    k_vals, k_gs = _quant_rows(k, QK_NVFP4, SEARCH, BLOCK_S, D)
     k_gs = tl.where(ok, k_gs, 0.0)
     row_out = g.to(tl.int64) * S_pad + r
     tl.store(k8_ptr + row_out[:, None] * D + d[None, :], k_vals.to(tl.float8e4nv))
@@ -288,7 +288,7 @@ def attn_quant_kv_kernel(
     vt = tl.load(v_ptr + b.to(tl.int64) * svb + h.to(tl.int64) * svh
                  + r[None, :].to(tl.int64) * svs + d[:, None], mask=ok[None, :], other=0.0)
     vt = tl.where(ok[None, :], vt.to(tl.float32) - v_mean[:, None], 0.0)
-    if FMT_NVFP4:
+    if PV_NVFP4:
         vb = tl.reshape(vt, (D, BLOCK_S // 16, 16))
         amax_blk = tl.max(tl.abs(vb), axis=2)  # (D, NB)
         vals = _fp8_exact_block_values(vb, amax_blk, v_gs, SEARCH)
@@ -307,7 +307,8 @@ def attn_fwd_kernel(
     q_ptr, k8_ptr, k_scale_ptr, k_bias_ptr, v8t_ptr, stats_ptr, o_ptr,
     H, Sq, S_pad, n_tiles, qk_mul,
     sqb, sqh, sqs, sob, soh, sos,
-    FMT_NVFP4: tl.constexpr, SEARCH: tl.constexpr, SMOOTH_Q: tl.constexpr,
+    QK_NVFP4: tl.constexpr, PV_NVFP4: tl.constexpr, SEARCH: tl.constexpr,
+    SMOOTH_Q: tl.constexpr,
     DOT_F32: tl.constexpr,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -325,7 +326,7 @@ def attn_fwd_kernel(
                 + d[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
     if SMOOTH_Q:
         q = tl.where(row_ok[:, None], q - tl.load(st)[None, :], 0.0)
-    q_vals, q_gs = _quant_rows(q, FMT_NVFP4, SEARCH, BLOCK_M, D)
+    q_vals, q_gs = _quant_rows(q, QK_NVFP4, SEARCH, BLOCK_M, D)
     q_mul = q_gs * qk_mul
     if DOT_F32:
         q8 = q_vals
@@ -352,10 +353,10 @@ def attn_fwd_kernel(
         t = s * q_mul[:, None] * k_gs[None, :] + k_b[None, :]
         mt = tl.max(t, axis=1)
         r = tl.exp2(t - mt[:, None])
-        p, p8 = _quantize_p(r, FMT_NVFP4, BLOCK_M, BLOCK_N)
+        p, p8 = _quantize_p(r, PV_NVFP4, BLOCK_M, BLOCK_N)
         m_new = tl.maximum(m_i, mt)
         alpha = tl.exp2(m_i - m_new)
-        if FMT_NVFP4:
+        if PV_NVFP4:
             beta = tl.exp2(mt - m_new) * (1.0 / P_SCALE_NVFP4)
         else:
             beta = tl.exp2(mt - m_new) * (1.0 / P_SCALE_FP8)
@@ -373,7 +374,7 @@ def attn_fwd_kernel(
         kb_ptrs += BLOCK_N
 
     v_gs = tl.load(st + 3 * D)
-    if not FMT_NVFP4:
+    if not PV_NVFP4:
         v_gs = tl.math.div_rn(v_gs, tl.zeros_like(v_gs) + F8E4M3_MAX)
     v_mean = tl.load(st + 2 * D)
     out = acc * v_gs[None, :] / l_i[:, None] + v_mean[None, :]

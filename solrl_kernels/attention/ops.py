@@ -3,7 +3,7 @@
     out = attention(q, k, v, precision="nvfp4")          # (B, H, Sq, D), q.dtype
 
 Paths (one function, the same math): "bf16" -> torch SDPA (cuDNN first where available);
-"fp8"/"nvfp4" -> torch.ops.solrl_kernels.quant_attention, which runs the Triton kernels
+"fp8"/"nvfp4"/"nvfp4_pv" -> torch.ops.solrl_kernels.quant_attention, which runs the Triton kernels
 where they can (CUDA GPUs with FP8 tensor cores, sm_89+; CPU tensors under
 TRITON_INTERPRET=1) and the plain-torch emulation (reference.py) elsewhere. The op has a
 fake implementation, so torch.compile treats it as one opaque node.
@@ -22,6 +22,7 @@ from .._backends import triton_available, triton_interpreting, triton_unavailabl
 from .reference import (
     DEFAULT_CONFIG,
     LOG2E,
+    OPERAND_FORMATS,
     AttentionQuantConfig,
     Precision,
     _softmax_scale,
@@ -120,7 +121,7 @@ def quantize_kv(
     B, H, Sq, D = q.shape
     Sk = k.shape[2]
     G = B * H
-    nvfp4 = precision == "nvfp4"
+    qk_nvfp4, pv_nvfp4 = (fmt == "nvfp4" for fmt in OPERAND_FORMATS[precision])
     S_pad = triton.cdiv(Sk, PAD_MULTIPLE) * PAD_MULTIPLE
     dev = q.device
     kv = QuantizedKV(
@@ -140,7 +141,7 @@ def quantize_kv(
             q.stride(0), q.stride(1), q.stride(2),
             k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2),
-            FMT_NVFP4=nvfp4, SMOOTH_Q=config.smooth_q, SMOOTH_K=config.smooth_k,
+            PV_NVFP4=pv_nvfp4, SMOOTH_Q=config.smooth_q, SMOOTH_K=config.smooth_k,
             SMOOTH_V=config.smooth_v,
             D=D, BLOCK_S=128, BLOCK_D=block_d, num_warps=4, enable_fp_fusion=False,
         )
@@ -149,8 +150,8 @@ def quantize_kv(
             H, Sk, S_pad, tau * LOG2E,
             k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2),
-            FMT_NVFP4=nvfp4, SEARCH=config.scale_search and nvfp4, SMOOTH_Q=config.smooth_q,
-            SMOOTH_K=config.smooth_k,
+            QK_NVFP4=qk_nvfp4, PV_NVFP4=pv_nvfp4, SEARCH=config.scale_search,
+            SMOOTH_Q=config.smooth_q, SMOOTH_K=config.smooth_k,
             D=D, BLOCK_S=block_s, num_warps=8, enable_fp_fusion=False,
         )
     return kv
@@ -164,15 +165,14 @@ def attention_fwd(
     """Launches attn_fwd_kernel: q (B, H, Sq, D) + quantized K/V -> out (written, returned).
 
     exact_dots: run QK^T and PV as fp32 dots of the (exact) FP8 values instead of FP8 MMAs
-    (slow; for tests: Hopper's FP8 MMA accumulates with fewer than fp32's 24 bits, which
-    is the only difference left between the kernel and the reference). Always on under the
-    interpreter."""
+    (slow; for tests: separates Hopper's FP8 accumulation, which keeps fewer than fp32's 24
+    mantissa bits, from the kernel's own arithmetic). Always on under the interpreter."""
     import triton
 
     from . import kernels
 
     B, H, Sq, D = q.shape
-    nvfp4 = precision == "nvfp4"
+    qk_nvfp4, pv_nvfp4 = (fmt == "nvfp4" for fmt in OPERAND_FORMATS[precision])
     dot_f32 = exact_dots or (triton_interpreting() and q.device.type == "cpu")
     kc = kernel_config
     with _device_guard(q.device):
@@ -181,8 +181,8 @@ def attention_fwd(
             H, Sq, kv.S_pad, triton.cdiv(kv.Sk, config.block_n), tau * LOG2E,
             q.stride(0), q.stride(1), q.stride(2),
             out.stride(0), out.stride(1), out.stride(2),
-            FMT_NVFP4=nvfp4, SEARCH=config.scale_search and nvfp4, SMOOTH_Q=config.smooth_q,
-            DOT_F32=dot_f32,
+            QK_NVFP4=qk_nvfp4, PV_NVFP4=pv_nvfp4, SEARCH=config.scale_search,
+            SMOOTH_Q=config.smooth_q, DOT_F32=dot_f32,
             D=D, BLOCK_M=kc.block_m, BLOCK_N=config.block_n,
             num_warps=kc.num_warps, num_stages=kc.num_stages, enable_fp_fusion=kc.fp_fusion,
         )
@@ -193,7 +193,7 @@ def quant_attention_triton(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    precision: Literal["fp8", "nvfp4"],
+    precision: Literal["fp8", "nvfp4", "nvfp4_pv"],
     scale: float | None = None,
     config: AttentionQuantConfig = DEFAULT_CONFIG,
     kernel_config: KernelConfig = DEFAULT_KERNEL_CONFIG,
@@ -227,7 +227,8 @@ def quant_attention(
     scale_search: bool,
     block_n: int,
 ) -> torch.Tensor:
-    """Quantized attention ("fp8" / "nvfp4"): q (B, H, Sq, D), k/v (B, H, Sk, D) -> like q.
+    """Quantized attention ("fp8" / "nvfp4" / "nvfp4_pv"): q (B, H, Sq, D), k/v (B, H, Sk, D)
+    -> like q.
 
     Triton kernels where :func:`kernel_path_available`, else the fp32 emulation cast to
     q.dtype. The output has q's strides when q is dense (e.g. a (B, S, H, D) buffer viewed
@@ -274,9 +275,10 @@ def attention(
     """softmax(q k^T * scale) v, non-causal, no mask, at the chosen precision.
 
     q: (B, H, Sq, D); k, v: (B, H, Sk, D); float32/bfloat16/float16, any strides (the last
-    dimension is made contiguous if it is not). D must be 64 or 128 for "fp8"/"nvfp4".
-    precision: "bf16" (torch SDPA in the input dtype, cuDNN first on CUDA), "fp8" or
-        "nvfp4" (reference.py defines them; FP8 tensor cores on Hopper).
+    dimension is made contiguous if it is not). D must be 64 or 128 unless "bf16".
+    precision: "bf16" (torch SDPA in the input dtype, cuDNN first on CUDA), "fp8", "nvfp4"
+        or "nvfp4_pv" (FP8 Q/K, NVFP4 P/V); reference.py defines them; all run on FP8
+        tensor cores on Hopper.
     scale: softmax scale (default 1/sqrt(D)).
     config: what the quantized attention computes (smoothing, scale search, P tile).
     backend: "auto" (Triton where available, else emulated), "triton" (error if

@@ -1,4 +1,4 @@
-"""diffusers attention processors that run their SDPA at "bf16" / "fp8" / "nvfp4".
+"""diffusers attention processors that run their SDPA at "bf16" / "fp8" / "nvfp4" / "nvfp4_pv".
 
     restore = set_attention_precision(transformer, "nvfp4")   # Flux / SD3 / SANA transformer
     ...                                                       # rollouts
@@ -98,7 +98,8 @@ class QuantizedAttnProcessor:
 
     processor: the original processor (kept as ``.processor``; restored by the function
         :func:`set_attention_precision` returns).
-    precision: "bf16" | "fp8" | "nvfp4". config: what the quantized attention computes.
+    precision: "bf16" | "fp8" | "nvfp4" | "nvfp4_pv". config: what the quantized attention
+    computes.
     The wrapper reports the original ``__call__``'s signature (diffusers' FluxAttention
     filters keyword arguments by it) and forwards unknown attributes to the original.
     """

@@ -12,7 +12,8 @@ The function (all arithmetic fp32; tau = scale or 1/sqrt(D); log2 domain, as the
  2. Q and K rows (one token's D channels) -> :func:`quant.quantize_rows`: FP8 values times
     one fp32 scale per token; V^T rows (one channel over the keys, padded with zeros to a
     multiple of 16) -> the same, so the V scale is per channel and the "nvfp4" blocks are
-    16 consecutive tokens.
+    16 consecutive tokens. Formats (OPERAND_FORMATS): "fp8" all FP8, "nvfp4" all FP8-exact
+    NVFP4, "nvfp4_pv" FP8 Q and K, NVFP4 P and V.
  3. t = (q8 @ k8^T) * (gq * tau * log2 e) * gk^T + bias * log2 e.
  4. Keys are cut into tiles of ``block_n``; per (query row, tile): mt = max(t),
     r = exp2(t - mt), p8 = :func:`quant.quantize_p`(r) (FP8 values, r ~ p8 / P_SCALE).
@@ -42,8 +43,14 @@ from ..nvfp4.reference import F4_E2M1_MAX, F8E4M3_MAX, dequantize
 from ..nvfp4.reference import quantize as nvfp4_quantize
 from .quant import P_SCALE, QuantFormat, quantize_p, quantize_rows
 
-Precision = Literal["bf16", "fp8", "nvfp4"]
-PRECISIONS = ("bf16", "fp8", "nvfp4")
+Precision = Literal["bf16", "fp8", "nvfp4", "nvfp4_pv"]
+PRECISIONS = ("bf16", "fp8", "nvfp4", "nvfp4_pv")
+# quantized precisions -> (format of Q and K, format of P and V), quant.py's formats.
+# "nvfp4_pv" keeps the logits in FP8: peaky attention is most sensitive to Q/K error
+# (emulated cosine vs fp32 SDPA, B1 H2 S2048 D128: flat 0.980 -> 0.989, peaky 0.950 -> 0.991).
+OPERAND_FORMATS: dict[str, tuple[QuantFormat, QuantFormat]] = {
+    "fp8": ("fp8", "fp8"), "nvfp4": ("nvfp4", "nvfp4"), "nvfp4_pv": ("fp8", "nvfp4"),
+}
 HEAD_DIMS = (64, 128)
 LOG2E = 1.4426950408889634
 _CHUNK_ELEMS = 1 << 26  # scores per emulation chunk (fp32: 256 MB per temporary)
@@ -125,8 +132,9 @@ def token_mean(x: torch.Tensor) -> torch.Tensor:
     return (x.double().sum(-2, keepdim=True) / x.shape[-2]).float()
 
 
-def _emulate_chunk(q, k, v, fmt: QuantFormat, tau: float, cfg: AttentionQuantConfig):
+def _emulate_chunk(q, k, v, precision: str, tau: float, cfg: AttentionQuantConfig):
     """q (G, Sq, D), k/v (G, Sk, D) fp32 -> out (G, Sq, D) fp32."""
+    qk_fmt, pv_fmt = OPERAND_FORMATS[precision]
     G, Sq, D = q.shape
     Sk = k.shape[1]
     if cfg.smooth_k:
@@ -139,18 +147,18 @@ def _emulate_chunk(q, k, v, fmt: QuantFormat, tau: float, cfg: AttentionQuantCon
     v_mean = token_mean(v) if cfg.smooth_v else v.new_zeros(G, 1, D)
     v = v - v_mean
 
-    q8, gq = quantize_rows(q, fmt, cfg.scale_search)  # (G, Sq, D), (G, Sq, 1)
-    k8, gk = quantize_rows(k, fmt, cfg.scale_search)  # (G, Sk, D), (G, Sk, 1)
+    q8, gq = quantize_rows(q, qk_fmt, cfg.scale_search)  # (G, Sq, D), (G, Sq, 1)
+    k8, gk = quantize_rows(k, qk_fmt, cfg.scale_search)  # (G, Sk, D), (G, Sk, 1)
     n_tiles = -(-Sk // cfg.block_n)
     Sk_pad = n_tiles * cfg.block_n  # a multiple of 16: V^T rows quantize in whole blocks
     vt = F.pad(v, (0, 0, 0, Sk_pad - Sk)).transpose(-1, -2)  # (G, D, Sk_pad)
-    v8t, gv = quantize_rows(vt, fmt, cfg.scale_search)  # (G, D, Sk_pad), (G, D, 1)
+    v8t, gv = quantize_rows(vt, pv_fmt, cfg.scale_search)  # (G, D, Sk_pad), (G, D, 1)
 
     t = (q8 @ k8.transpose(-1, -2)) * (gq * (tau * LOG2E)) * gk.transpose(-1, -2) + bias
     t = F.pad(t, (0, Sk_pad - Sk), value=-math.inf).reshape(G, Sq, n_tiles, cfg.block_n)
     mt = t.amax(-1, keepdim=True)  # finite: every tile holds at least one key
-    p8 = quantize_p(torch.exp2(t - mt), fmt)
-    w = torch.exp2(mt - mt.amax(-2, keepdim=True)) / P_SCALE[fmt]
+    p8 = quantize_p(torch.exp2(t - mt), pv_fmt)
+    w = torch.exp2(mt - mt.amax(-2, keepdim=True)) / P_SCALE[pv_fmt]
     p = (p8 * w).reshape(G, Sq, Sk_pad)
     l = p.sum(-1, keepdim=True)
     return (p @ v8t.transpose(-1, -2)) * gv.transpose(-1, -2) / l + v_mean
@@ -167,7 +175,8 @@ def attention_reference(
     """Emulated attention softmax(q k^T * scale) v with quantized operands, in fp32.
 
     q: (B, H, Sq, D), k and v: (B, H, Sk, D); float32/bfloat16/float16, any strides.
-    precision: "bf16" (unquantized: fp32 SDPA of the inputs), "fp8" or "nvfp4" (module doc).
+    precision: "bf16" (unquantized: fp32 SDPA of the inputs), "fp8", "nvfp4" or "nvfp4_pv"
+        (FP8 Q and K, NVFP4 P and V; module doc).
     scale: softmax scale, default 1/sqrt(D). Returns float32 (B, H, Sq, D). Non-causal,
     no mask. Computed in chunks of heads to bound memory (~1 GB of fp32 temporaries).
     """

@@ -333,7 +333,7 @@ def quantize_model(
 def rollout_mode(
     transformer: nn.Module,
     linear: Literal["nvfp4", "bf16"] = "nvfp4",
-    attention: Literal["bf16", "fp8", "nvfp4"] = "bf16",
+    attention: Literal["bf16", "fp8", "nvfp4", "nvfp4_pv"] = "bf16",
     scale_rule: ScaleRule = "fp8_exact",
     weight_storage: WeightStorage = "fp8",
     include: Sequence[str] | None = None,
@@ -358,8 +358,8 @@ def rollout_mode(
     """
     if linear not in ("nvfp4", "bf16"):
         raise ValueError(f"linear must be 'nvfp4' or 'bf16', got {linear!r}")
-    if attention not in ("bf16", "fp8", "nvfp4"):
-        raise ValueError(f"attention must be 'bf16', 'fp8' or 'nvfp4', got {attention!r}")
+    if attention not in ("bf16", "fp8", "nvfp4", "nvfp4_pv"):
+        raise ValueError(f"attention must be 'bf16', 'fp8', 'nvfp4' or 'nvfp4_pv', got {attention!r}")
     if config is None:
         config = QuantizeConfig(scale_rule=scale_rule, weight_storage=weight_storage,
                                 backend=backend, scale_search=scale_search)
