@@ -336,3 +336,22 @@ def test_quantize_to_fp8_compiles_fullgraph(device):
     x = _rand((8, 64)).to(device)
     compiled = torch.compile(f, fullgraph=True, backend="eager")
     assert torch.equal(compiled(x), f(x))
+
+
+def test_assert_same_accepts_only_ties():
+    """The tie-aware equality (nvfp4.testing) passes identical quantizations and rejects a
+    block that differs without a tie, with or without the input given."""
+    x = _rand((8, 64))
+    a = ref.quantize(x, "fp8_exact", True, "row")
+    assert_same_nvfp4(a, ref.quantize(x, "fp8_exact", True, "row"), x)
+    codes = ref.unpack(a.data)
+    codes[3, 5] ^= 1  # one element one e2m1 step away: a different block, no tie
+    b = nvfp4.NVFP4Tensor(ref.pack(codes), a.scales, a.global_scale, a.shape, a.scale_rule,
+                          a.scale_layout, a.granularity)
+    for given in (None, x):
+        with pytest.raises(AssertionError):
+            assert_same_nvfp4(a, b, given)
+    v, gs = ref.to_fp8_container(a)
+    assert_same_fp8_container(v, gs, v.clone(), gs.clone(), x)
+    with pytest.raises(AssertionError):
+        assert_same_fp8_container(v, gs, *ref.to_fp8_container(b), x)
