@@ -93,9 +93,12 @@ def backends_report() -> list[tuple[str, bool, str]]:
         else:
             native_why = f"{native_why}; GPU sm_{cap[0]}{cap[1]} ({torch.cuda.get_device_name()})"
     triton_ok = triton_available("cuda")
-    triton_why = _triton_import()[1] if torch.cuda.is_available() else triton_unavailable_reason()
-    if triton_interpreting() and not torch.cuda.is_available():
-        triton_why += " (interpreter on CPU: for tests, not speed)"
+    if torch.cuda.is_available():
+        triton_why = _triton_import()[1]
+    elif triton_interpreting() and triton_ok:
+        triton_why = f"{_triton_import()[1]}, interpreter on CPU (for tests, not speed)"
+    else:
+        triton_why = triton_unavailable_reason()
     return [
         ("native", native_ok, native_why),
         ("triton", triton_ok, triton_why),

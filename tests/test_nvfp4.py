@@ -355,3 +355,4 @@ def test_assert_same_accepts_only_ties():
     assert_same_fp8_container(v, gs, v.clone(), gs.clone(), x)
     with pytest.raises(AssertionError):
         assert_same_fp8_container(v, gs, *ref.to_fp8_container(b), x)
+
