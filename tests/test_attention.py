@@ -345,3 +345,24 @@ def test_gpu_accuracy_vs_sdpa(kind):
               "k_bias": (0.998, 0.975, 0.985), "dit": (0.999, 0.998, 0.999)}[kind]
     got = (fp8["cos"], nv["cos"], pv["cos"])
     assert all(g >= f for g, f in zip(got, floors)), (got, floors)
+
+
+def test_emulate_operands_ends():
+    """Per-operand formats: none quantized is fp32 attention; the precisions are the tuples."""
+    from solrl_kernels.attention.reference import OPERAND_FORMATS, emulate_operands
+
+    q, k, v = make_inputs("flat", H=2, S=160, D=64, seed=4)
+    exact = emulate_operands(q, k, v, (None, None, None, None))
+    torch.testing.assert_close(exact, F.scaled_dot_product_attention(q, k, v), rtol=2e-5, atol=2e-6)
+    for precision, formats in OPERAND_FORMATS.items():
+        assert torch.equal(emulate_operands(q, k, v, formats), attention_reference(q, k, v, precision))
+
+
+def test_ablation_blames_the_logits_on_peaky_attention():
+    """Quantizing Q or K alone costs peaky attention more than quantizing P or V alone; that
+    is why "nvfp4_pv" keeps Q and K in FP8."""
+    from solrl_kernels.attention.accuracy import ablation_table
+
+    cos = {r["method"]: r["cos"] for r in ablation_table(kinds=("peaky",), S=512, D=64)}
+    assert min(cos["nvfp4: only Q"], cos["nvfp4: only K"]) < min(cos["nvfp4: only P"],
+                                                                 cos["nvfp4: only V"]), cos

@@ -2,6 +2,7 @@
 
     python -m solrl_kernels.attention.accuracy                 # emulated path, CPU, ~1 min
     python -m solrl_kernels.attention.accuracy --device cuda   # also the Triton kernel
+    python -m solrl_kernels.attention.accuracy --ablation      # one operand quantized at a time
 
 Input kinds (q, k, v of shape (B, H, S, D), softmax scale 1/sqrt(D)):
   flat      q, k, v ~ N(0, 1): scores have std 1 (attention spread over many keys)
@@ -107,17 +108,42 @@ def accuracy_table(
     return rows
 
 
+def ablation_table(kinds=("flat", "peaky"), S: int = 1024, D: int = 128, H: int = 2,
+                   fmt: str = "nvfp4", seed: int = 0) -> list[dict]:
+    """Which operand costs the accuracy: rows {kind, method, cos, rel} with only Q, only K,
+    only P or only V quantized to `fmt` (the others exact), then all four (emulated)."""
+    from .reference import emulate_operands
+
+    rows = []
+    for kind in kinds:
+        q, k, v = make_inputs(kind, H=H, S=S, D=D, seed=seed)
+        ref = torch.nn.functional.scaled_dot_product_attention(
+            q.double(), k.double(), v.double(), scale=1 / math.sqrt(D)
+        )
+        for i, name in enumerate(("Q", "K", "P", "V", "all")):
+            formats = tuple(fmt if name == "all" or j == i else None for j in range(4))
+            out = emulate_operands(q.float(), k.float(), v.float(), formats)
+            rows.append({"kind": kind, "method": f"{fmt}: only {name}" if name != "all"
+                         else f"{fmt}: all operands", **compare(out, ref)})
+    return rows
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seq", type=int, default=1024)
     ap.add_argument("--heads", type=int, default=2)
     ap.add_argument("--head-dim", type=int, default=128)
+    ap.add_argument("--ablation", action="store_true",
+                    help="quantize one operand at a time (Q, K, P, V; emulated, nvfp4)")
     args = ap.parse_args(argv)
-    rows = accuracy_table(
-        S=args.seq, D=args.head_dim, H=args.heads, device=args.device,
-        kernel=args.device != "cpu",
-    )
+    if args.ablation:
+        rows = ablation_table(S=args.seq, D=args.head_dim, H=args.heads)
+    else:
+        rows = accuracy_table(
+            S=args.seq, D=args.head_dim, H=args.heads, device=args.device,
+            kernel=args.device != "cpu",
+        )
     print(f"accuracy vs fp32 SDPA: B 1, H {args.heads}, S {args.seq}, D {args.head_dim}")
     print(f"{'input':8} {'method':26} {'cosine':>9} {'rel err':>9}")
     for r in rows:

@@ -105,6 +105,13 @@ class QuantizedKV:
     Sk: int
 
 
+def _kernel_formats(precision: str) -> tuple[bool, bool]:
+    """The kernels' two format switches: (Q and K in NVFP4, P and V in NVFP4)."""
+    q, k, p, v = OPERAND_FORMATS[precision]
+    assert q == k and p == v, f"no kernel for operand formats {OPERAND_FORMATS[precision]}"
+    return q == "nvfp4", p == "nvfp4"
+
+
 def _device_guard(dev: torch.device):
     return torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext()
 
@@ -121,7 +128,7 @@ def quantize_kv(
     B, H, Sq, D = q.shape
     Sk = k.shape[2]
     G = B * H
-    qk_nvfp4, pv_nvfp4 = (fmt == "nvfp4" for fmt in OPERAND_FORMATS[precision])
+    qk_nvfp4, pv_nvfp4 = _kernel_formats(precision)
     S_pad = triton.cdiv(Sk, PAD_MULTIPLE) * PAD_MULTIPLE
     dev = q.device
     kv = QuantizedKV(
@@ -172,7 +179,7 @@ def attention_fwd(
     from . import kernels
 
     B, H, Sq, D = q.shape
-    qk_nvfp4, pv_nvfp4 = (fmt == "nvfp4" for fmt in OPERAND_FORMATS[precision])
+    qk_nvfp4, pv_nvfp4 = _kernel_formats(precision)
     dot_f32 = exact_dots or (triton_interpreting() and q.device.type == "cpu")
     kc = kernel_config
     with _device_guard(q.device):

@@ -45,11 +45,16 @@ from .quant import P_SCALE, QuantFormat, quantize_p, quantize_rows
 
 Precision = Literal["bf16", "fp8", "nvfp4", "nvfp4_pv"]
 PRECISIONS = ("bf16", "fp8", "nvfp4", "nvfp4_pv")
-# quantized precisions -> (format of Q and K, format of P and V), quant.py's formats.
+# Formats of the operands (Q, K, P, V); None leaves an operand unquantized (emulation only:
+# the ablation in accuracy.py). The kernels compute the three quantized precisions.
+OperandFormats = tuple[QuantFormat | None, QuantFormat | None, QuantFormat | None,
+                       QuantFormat | None]
 # "nvfp4_pv" keeps the logits in FP8: peaky attention is most sensitive to Q/K error
 # (emulated cosine vs fp32 SDPA, B1 H2 S2048 D128: flat 0.980 -> 0.989, peaky 0.950 -> 0.991).
-OPERAND_FORMATS: dict[str, tuple[QuantFormat, QuantFormat]] = {
-    "fp8": ("fp8", "fp8"), "nvfp4": ("nvfp4", "nvfp4"), "nvfp4_pv": ("fp8", "nvfp4"),
+OPERAND_FORMATS: dict[str, OperandFormats] = {
+    "fp8": ("fp8", "fp8", "fp8", "fp8"),
+    "nvfp4": ("nvfp4", "nvfp4", "nvfp4", "nvfp4"),
+    "nvfp4_pv": ("fp8", "fp8", "nvfp4", "nvfp4"),
 }
 HEAD_DIMS = (64, 128)
 LOG2E = 1.4426950408889634
@@ -132,9 +137,13 @@ def token_mean(x: torch.Tensor) -> torch.Tensor:
     return (x.double().sum(-2, keepdim=True) / x.shape[-2]).float()
 
 
-def _emulate_chunk(q, k, v, precision: str, tau: float, cfg: AttentionQuantConfig):
+def _emulate_chunk(q, k, v, formats: OperandFormats, tau: float, cfg: AttentionQuantConfig):
     """q (G, Sq, D), k/v (G, Sk, D) fp32 -> out (G, Sq, D) fp32."""
-    qk_fmt, pv_fmt = OPERAND_FORMATS[precision]
+    q_fmt, k_fmt, p_fmt, v_fmt = formats
+
+    def rows(x, fmt):  # quantized values and per-row scales; unquantized: (x, 1)
+        return quantize_rows(x, fmt, cfg.scale_search) if fmt else (x, x.new_ones(x.shape[:-1] + (1,)))
+
     G, Sq, D = q.shape
     Sk = k.shape[1]
     if cfg.smooth_k:
@@ -147,18 +156,19 @@ def _emulate_chunk(q, k, v, precision: str, tau: float, cfg: AttentionQuantConfi
     v_mean = token_mean(v) if cfg.smooth_v else v.new_zeros(G, 1, D)
     v = v - v_mean
 
-    q8, gq = quantize_rows(q, qk_fmt, cfg.scale_search)  # (G, Sq, D), (G, Sq, 1)
-    k8, gk = quantize_rows(k, qk_fmt, cfg.scale_search)  # (G, Sk, D), (G, Sk, 1)
+    q8, gq = rows(q, q_fmt)  # (G, Sq, D), (G, Sq, 1)
+    k8, gk = rows(k, k_fmt)  # (G, Sk, D), (G, Sk, 1)
     n_tiles = -(-Sk // cfg.block_n)
     Sk_pad = n_tiles * cfg.block_n  # a multiple of 16: V^T rows quantize in whole blocks
     vt = F.pad(v, (0, 0, 0, Sk_pad - Sk)).transpose(-1, -2)  # (G, D, Sk_pad)
-    v8t, gv = quantize_rows(vt, pv_fmt, cfg.scale_search)  # (G, D, Sk_pad), (G, D, 1)
+    v8t, gv = rows(vt, v_fmt)  # (G, D, Sk_pad), (G, D, 1)
 
     t = (q8 @ k8.transpose(-1, -2)) * (gq * (tau * LOG2E)) * gk.transpose(-1, -2) + bias
     t = F.pad(t, (0, Sk_pad - Sk), value=-math.inf).reshape(G, Sq, n_tiles, cfg.block_n)
     mt = t.amax(-1, keepdim=True)  # finite: every tile holds at least one key
-    p8 = quantize_p(torch.exp2(t - mt), pv_fmt)
-    w = torch.exp2(mt - mt.amax(-2, keepdim=True)) / P_SCALE[pv_fmt]
+    r = torch.exp2(t - mt)
+    p8 = quantize_p(r, p_fmt) if p_fmt else r
+    w = torch.exp2(mt - mt.amax(-2, keepdim=True)) / (P_SCALE[p_fmt] if p_fmt else 1.0)
     p = (p8 * w).reshape(G, Sq, Sk_pad)
     l = p.sum(-1, keepdim=True)
     return (p @ v8t.transpose(-1, -2)) * gv.transpose(-1, -2) / l + v_mean
@@ -181,11 +191,27 @@ def attention_reference(
     no mask. Computed in chunks of heads to bound memory (~1 GB of fp32 temporaries).
     """
     check_attention_inputs(q, k, v, precision, scale)
+    if precision == "bf16":
+        tau = _softmax_scale(q.shape[-1], scale)
+        return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), scale=tau)
+    return emulate_operands(q, k, v, OPERAND_FORMATS[precision], scale, config)
+
+
+def emulate_operands(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    formats: OperandFormats,
+    scale: float | None = None,
+    config: AttentionQuantConfig = DEFAULT_CONFIG,
+) -> torch.Tensor:
+    """The emulated attention with each operand's format chosen: formats = (Q, K, P, V),
+    each "fp8", "nvfp4" or None (unquantized). attention_reference's precisions are
+    OPERAND_FORMATS; other combinations are for accuracy studies (no kernel computes them).
+    Shapes as attention_reference (inputs are not checked here)."""
     B, H, Sq, D = q.shape
     Sk = k.shape[2]
     tau = _softmax_scale(D, scale)
-    if precision == "bf16":
-        return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), scale=tau)
     qf = q.reshape(B * H, Sq, D)
     kf = k.reshape(B * H, Sk, D)
     vf = v.reshape(B * H, Sk, D)
@@ -193,7 +219,7 @@ def attention_reference(
     chunk = max(1, _CHUNK_ELEMS // max(1, Sq * (Sk + config.block_n)))
     for g in range(0, B * H, chunk):
         sl = slice(g, g + chunk)
-        out[sl] = _emulate_chunk(qf[sl].float(), kf[sl].float(), vf[sl].float(), precision, tau, config)
+        out[sl] = _emulate_chunk(qf[sl].float(), kf[sl].float(), vf[sl].float(), formats, tau, config)
     return out.reshape(B, H, Sq, D)
 
 
