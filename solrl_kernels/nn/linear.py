@@ -129,12 +129,19 @@ class NVFP4Linear(nn.Module):
     ) -> NVFP4Linear:
         """Quantized copy of ``linear`` (its weight, or ``weight`` (N, K) if given, e.g. with
         LoRA merged; ``bias`` likewise). ``linear`` itself is left untouched."""
-        w = linear.weight if weight is None else weight
-        b = linear.bias if bias is None else bias
-        mod = cls(linear.in_features, linear.out_features, bias=b is not None,
-                  scale_rule=scale_rule, weight_storage=weight_storage, scale_search=scale_search,
-                  activation=activation, backend=backend, device=w.device,
-                  bias_dtype=b.dtype if b is not None else torch.bfloat16)
+        return cls._quantized(
+            linear.weight if weight is None else weight, linear.bias if bias is None else bias,
+            linear.in_features, linear.out_features, scale_rule=scale_rule,
+            weight_storage=weight_storage, scale_search=scale_search, activation=activation,
+            backend=backend)
+
+    @classmethod
+    def _quantized(cls, w: torch.Tensor, b: torch.Tensor | None, in_features: int,
+                   out_features: int, **options):
+        """A new module of this class holding w quantized (out_features, in_features; a 1x1
+        conv's (C_out, C_in, 1, 1) too: set_weight flattens and checks it) and b."""
+        mod = cls(in_features, out_features, bias=b is not None, device=w.device,
+                  bias_dtype=b.dtype if b is not None else torch.bfloat16, **options)
         mod.set_weight(w, b)
         return mod
 
@@ -233,14 +240,11 @@ class NVFP4PointwiseConv2d(NVFP4Linear):
     ) -> NVFP4PointwiseConv2d:
         if not is_pointwise_conv(conv):
             raise ValueError(f"not a pointwise (1x1, stride 1, groups 1) Conv2d: {conv}")
-        w = conv.weight if weight is None else weight
-        b = conv.bias if bias is None else bias
-        mod = cls(conv.in_channels, conv.out_channels, bias=b is not None, scale_rule=scale_rule,
-                  weight_storage=weight_storage, scale_search=scale_search, activation=activation,
-                  backend=backend, device=w.device,
-                  bias_dtype=b.dtype if b is not None else torch.bfloat16)
-        mod.set_weight(w.reshape(conv.out_channels, conv.in_channels), b)
-        return mod
+        return cls._quantized(
+            conv.weight if weight is None else weight, conv.bias if bias is None else bias,
+            conv.in_channels, conv.out_channels, scale_rule=scale_rule,
+            weight_storage=weight_storage, scale_search=scale_search, activation=activation,
+            backend=backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
