@@ -1,9 +1,12 @@
-"""Sweep the quantize kernel's tile shapes on the GPU: GB/s (bytes read + written) vs copy.
+"""Sweep the quantize kernel's tile shapes on the GPU: GB/s (bytes read + written) vs copy,
+from GPU time (CUDA-graph replay: bench/timing.py).
 
-    python bench/quantize_sweep.py [--K 8192] [--R 8192]
+    python bench/quantize_sweep.py [--shapes 8192x8192 16384x5120 ...] [--rep 30]
 
 Each variant runs the real op (solrl_kernels.nvfp4.ops.nvfp4_quantize) with its tile choice
-(ops._tiles) replaced by the variant's (BLOCK_M, BLOCK_K, num_warps).
+(ops._tiles) replaced by the variant's (BLOCK_M, BLOCK_K, num_warps); the line marked
+"default" is what ops._tiles picks. Variants give each thread 1 or 2 16-element blocks
+in chunks no longer than the row's next power of two.
 """
 
 from __future__ import annotations
@@ -14,41 +17,57 @@ from unittest import mock
 
 import torch
 import triton
+from timing import gpu_ms
 
 from solrl_kernels.nvfp4 import ops
 
+MODES = {  # name: (write_packed, compute_gs)
+    "packed-row": (True, True),
+    "fp8-row": (False, True),
+    "packed-given": (True, False),
+}
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--R", type=int, default=8192)
-    p.add_argument("--K", type=int, default=8192)
-    args = p.parse_args()
+
+def _variants(K: int):
+    one = triton.next_power_of_2(K)
+    for bm, bk, nw in itertools.product((1, 2), sorted({1024, 2048, 4096, one}), (2, 4, 8)):
+        blocks_per_thread = bm * bk // 16 / (32 * nw)
+        if bk <= one and 1 <= blocks_per_thread <= 2:
+            yield bm, bk, nw
+
+
+def sweep(R: int, K: int, rep: int) -> None:
     torch.manual_seed(0)
-    R, K = args.R, args.K
     x = torch.randn(R, K, device="cuda", dtype=torch.bfloat16)
     n = R * K
     y = torch.empty_like(x)
-    copy = 4 * n / triton.testing.do_bench(lambda: y.copy_(x), return_mode="median") / 1e6
-    print(f"copy {copy:.0f} GB/s  (R={R}, K={K})")
+    copy = 4 * n / gpu_ms(lambda: y.copy_(x), rep)[0] / 1e6
+    print(f"copy {copy:.0f} GB/s  (R={R}, K={K})", flush=True)
     gs = torch.full((R,), 0.01, device="cuda")
-    for mode, (bm, bk, nw) in itertools.product(
-        ("packed-row", "fp8-row", "packed-given"),
-        itertools.product((1, 2, 4), (512, 1024, 2048, 4096, 8192), (2, 4, 8)),
-    ):
-        packed = mode.startswith("packed")
-        compute = mode.endswith("row")
-        if bm * bk > 8192 or (compute and bk < K and bk != 1024):
-            continue
+    for mode, (packed, compute) in MODES.items():
+        default = ops._tiles(K)
 
         def fn(packed=packed, compute=compute):
             return ops.nvfp4_quantize(x, gs, True, False, True, compute, False, packed, not packed)
 
         nbytes = 2 * n + (n // 2 + n // 16 if packed else n)
-        with mock.patch.object(ops, "_tiles", lambda *a, t=(bm, bk, nw): t):
-            ms = triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
-        gbps = nbytes / ms / 1e6
-        print(f"{mode:13s} BLOCK_M={bm:2d} BLOCK_K={bk:4d} warps={nw}: {gbps:6.0f} GB/s "
-              f"{gbps / copy:.2f}x copy")
+        for t in dict.fromkeys([default, *_variants(K)]):
+            with mock.patch.object(ops, "_tiles", lambda *a, t=t: t):
+                ms = gpu_ms(fn, rep)[0]
+            gbps = nbytes / ms / 1e6
+            mark = "  default" if t == default else ""
+            print(f"{R}x{K} {mode:13s} BLOCK_M={t[0]:2d} BLOCK_K={t[1]:5d} warps={t[2]:2d}: "
+                  f"{gbps:6.0f} GB/s {gbps / copy:.2f}x copy{mark}", flush=True)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--shapes", nargs="+", default=["8192x8192", "16384x5120"])
+    p.add_argument("--rep", type=int, default=30)
+    args = p.parse_args()
+    for shape in args.shapes:
+        R, K = map(int, shape.split("x"))
+        sweep(R, K, args.rep)
 
 
 if __name__ == "__main__":

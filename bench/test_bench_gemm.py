@@ -5,8 +5,8 @@
 Shapes: the nn.Linear (K -> N) projections of FLUX.1 (hidden 3072, MLP 12288), SD3.5-L
 (2432, 9728) and SANA 1.6B (2240, 5600), at M = 4096, 8192, 16384 tokens. Per case, on fresh
 random bf16 data: a reference check first (each of our paths vs the float64 product of the
-dequantized operands, on the first 1024 rows), then medians of CUDA-event timings after
-warm-up (triton.testing.do_bench) of
+dequantized operands, on the first 1024 rows), then the GPU time of one call (CUDA-graph
+replay, bench/timing.py: host launch overhead excluded and recorded separately) of
   * cuBLAS BF16: torch.matmul(x, w^T)                                  (baseline 1)
   * cuBLAS FP8: torch._scaled_mm, row-wise scales, inputs pre-quantized (baseline 2)
   * ours, "fp8" storage: nvfp4_linear(x, w) incl. activation quantization (backend auto)
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from timing import gpu_ms, host_us
 
 from solrl_kernels import nvfp4
 from solrl_kernels.gemm import nvfp4_linear, prepare_weight, resolve_backend
@@ -41,9 +42,7 @@ TABLE: list[dict] = []
 
 
 def _median_ms(fn) -> float:
-    import triton
-
-    return triton.testing.do_bench(fn, warmup=50, rep=200, return_mode="median")
+    return gpu_ms(fn, rep_ms=200)[0]
 
 
 def _tflops(M, N, K, ms):
@@ -57,7 +56,8 @@ def print_table():
         return
     head = (f"{'case':24s} {'BF16':>7s} {'FP8cuBLAS':>9s} {'ours fp8':>9s} {'xBF16':>6s} "
             f"{'xFP8':>5s} {'packed':>7s} {'xBF16':>6s} {'xFP8':>5s} {'gemm fp8':>8s} "
-            f"{'gemm pk':>8s} {'err fp8':>8s} {'err pk':>8s}   (TFLOP/s; x = speed ratio)")
+            f"{'gemm pk':>8s} {'err fp8':>8s} {'err pk':>8s} {'GPU us':>7s} {'host us':>7s}"
+            "   (TFLOP/s by CUDA-graph replay; x = speed ratio; us: one nvfp4_linear fp8 call)")
     lines = [head]
     for r in TABLE:
         lines.append(
@@ -65,7 +65,7 @@ def print_table():
             f"{r['ours_fp8'] / r['bf16']:6.2f} {r['ours_fp8'] / r['fp8']:5.2f} "
             f"{r['ours_packed']:7.0f} {r['ours_packed'] / r['bf16']:6.2f} "
             f"{r['ours_packed'] / r['fp8']:5.2f} {r['gemm_fp8']:8.0f} {r['gemm_packed']:8.0f} "
-            f"{r['err_fp8']:8.1e} {r['err_packed']:8.1e}")
+            f"{r['err_fp8']:8.1e} {r['err_packed']:8.1e} {r['gpu_us']:7.0f} {r['host']:7.0f}")
     text = "\n".join(lines)
     print("\n" + text)
     log = Path(__file__).with_name("logs")
@@ -113,13 +113,15 @@ def test_bench_nvfp4_linear(benchmark, model, K, N, M):
     t_gemm_fp8 = _median_ms(gemm_fp8)
     t_gemm_packed = _median_ms(lambda: gemm_ops.nvfp4_gemm_packed_triton(
         a, w_packed.data, w_packed.scales, sa, sb, None, "none", torch.bfloat16))
+    host = host_us(lambda: nvfp4_linear(x, w_fp8))
     benchmark.pedantic(lambda: nvfp4_linear(x, w_fp8), rounds=1, iterations=1)
 
     tf = {k: _tflops(M, N, K, t) for k, t in dict(
         bf16=t_bf16, fp8=t_fp8, ours_fp8=t_ours_fp8, ours_packed=t_ours_packed,
         gemm_fp8=t_gemm_fp8, gemm_packed=t_gemm_packed).items()}
     case = f"{model}-{K}x{N}-M{M}"
-    TABLE.append(dict(case=case, err_fp8=err_fp8, err_packed=err_packed, **tf))
+    TABLE.append(dict(case=case, err_fp8=err_fp8, err_packed=err_packed, host=host,
+                      gpu_us=t_ours_fp8 * 1e3, **tf))
     benchmark.extra_info.update(case=case, backend_fp8=backend_fp8,
                                 backend_packed=backend_packed, **tf)
     weight_bytes = dict(bf16=w.numel() * 2, fp8=w_fp8.nbytes(), packed=w_packed.nbytes())
@@ -128,7 +130,8 @@ def test_bench_nvfp4_linear(benchmark, model, K, N, M):
         extra = dict(M=M, N=N, K=K, backend=backend, incl_activation_quant=True,
                      x_cublas_fp8=tf[key] / tf["fp8"], cublas_fp8_tflops=tf["fp8"],
                      weight_bytes_ratio_vs_bf16=weight_bytes[variant] / weight_bytes["bf16"],
-                     rel_err=err_fp8 if variant == "fp8" else err_packed)
+                     rel_err=err_fp8 if variant == "fp8" else err_packed, timing="cuda_graph",
+                     host_us_per_call=host)
         record(f"gemm/nvfp4_linear[{variant}]/{case}", "TFLOP/s", tf[key], "cuBLAS BF16",
                tf["bf16"], **extra)
     for variant, key in (("fp8", "gemm_fp8"), ("packed", "gemm_packed")):

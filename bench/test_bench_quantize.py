@@ -5,7 +5,8 @@
 Bytes counted are the fewest the job must move: input read once, outputs written once.
 The baseline is ``dst.copy_(src)`` of the same input tensor (2 bytes read + 2 written per
 bf16 element). Each case is first checked bit-exact against the plain-torch reference on a
-slice; timings are medians of CUDA-event measurements (triton.testing.do_bench, L2 flushed).
+slice; GB/s are from the GPU time of a call (CUDA-graph replay, bench/timing.py), and the
+host time per call is printed and recorded beside it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 from record import record
+from timing import gpu_ms, host_us
 
 from solrl_kernels import nvfp4
 from solrl_kernels.nvfp4 import reference as ref
@@ -23,11 +25,9 @@ pytestmark = pytest.mark.gpu
 SHAPES = [(8192, 8192), (16384, 5120)]  # 64M and 80M elements
 
 
-def _gbps(fn, nbytes: int) -> float:
-    import triton
-
-    ms = triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
-    return nbytes / (ms * 1e-3) / 1e9
+def _gbps(fn, nbytes: int) -> tuple[float, str]:
+    ms, how = gpu_ms(fn, rep_ms=200)
+    return nbytes / (ms * 1e-3) / 1e9, how
 
 
 def _cases(x):
@@ -79,22 +79,23 @@ def test_bench_quantize(benchmark, shape):
 
     y = torch.empty_like(x)
     n = x.numel()
-    copy_gbps = _gbps(lambda: y.copy_(x), 4 * n)
-    rows = []
-    for name, (fn, nbytes) in _cases(x).items():
-        gbps = _gbps(fn, nbytes)
-        rec = record(f"{name} {shape[0]}x{shape[1]} bf16", "GB/s", gbps,
-                     "device copy (torch copy_)", copy_gbps)
-        rows.append((name, gbps, rec["ratio"]))
+    copy_gbps, copy_how = _gbps(lambda: y.copy_(x), 4 * n)
     deq = nvfp4.quantize(x, "rn", check_finite=False)
-    gbps = _gbps(lambda: nvfp4.dequantize(deq, torch.bfloat16), n // 2 + n // 16 + 2 * n)
-    rec = record(f"dequantize to bf16 {shape[0]}x{shape[1]}", "GB/s", gbps,
-                 "device copy (torch copy_)", copy_gbps)
-    rows.append(("dequantize -> bf16", gbps, rec["ratio"]))
+    cases = _cases(x)
+    cases["dequantize -> bf16"] = (lambda: nvfp4.dequantize(deq, torch.bfloat16),
+                                   n // 2 + n // 16 + 2 * n)
+    rows = []
+    for name, (fn, nbytes) in cases.items():
+        gbps, how = _gbps(fn, nbytes)
+        host = host_us(fn)
+        rec = record(f"{name} {shape[0]}x{shape[1]} bf16", "GB/s", gbps,
+                     "device copy (torch copy_)", copy_gbps, timing=how,
+                     baseline_timing=copy_how, host_us_per_call=host)
+        rows.append((name, gbps, rec["ratio"], how, host))
 
-    print(f"\n{shape}: copy {copy_gbps:.0f} GB/s")
-    for name, gbps, ratio in rows:
-        print(f"  {name:48s} {gbps:7.0f} GB/s  {ratio:5.2f}x copy")
+    print(f"\n{shape}: copy {copy_gbps:.0f} GB/s ({copy_how})")
+    for name, gbps, ratio, how, host in rows:
+        print(f"  {name:48s} {gbps:7.0f} GB/s  {ratio:5.2f}x copy  ({how}; host {host:.0f} us/call)")
     benchmark.pedantic(
         lambda: (nvfp4.quantize_to_fp8(x), torch.cuda.synchronize()), rounds=20, warmup_rounds=3
     )

@@ -27,6 +27,8 @@ def _load_native() -> tuple[bool, str]:
         )
     except OSError as e:  # built against another torch / CUDA
         return False, f"solrl_kernels._C failed to load ({e}); rebuild against this torch"
+    except RuntimeError as e:  # loaded, but without the ops its fakes describe: a stale build
+        return False, f"solrl_kernels._C is stale ({e}); rebuild it from this checkout"
     return True, "solrl_kernels._C loaded"
 
 

@@ -227,7 +227,8 @@ def test_huge_and_tiny_magnitudes():
 
 
 # ----------------------------------------------------------------------------- kernels
-SHAPES = [(1, 16), (7, 48), (33, 96), (2, 3, 272), (130, 512)]
+# K: one power-of-two chunk (up to 512), and the chunked walk with ragged tails (1040 ...)
+SHAPES = [(1, 16), (7, 48), (33, 96), (2, 3, 272), (130, 512), (3, 1040), (3, 1536), (2, 1552)]
 CASES = [("rn", False), ("fp8_exact", False), ("fp8_exact", True)]
 
 
@@ -286,6 +287,18 @@ def test_gpu_large_bit_exact(rule, search, granularity):
     a = nvfp4.quantize(x.cuda(), "fp8_exact", search, granularity)
     v_ref, gs_ref = ref.to_fp8_container(a.to("cpu"))
     assert_same_fp8_container(v, gs, v_ref, gs_ref, x if search else None)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("K", [2432, 5120, 20480], ids=lambda k: f"K{k}")
+@pytest.mark.parametrize("rule,search", CASES, ids=["rn", "fp8_exact", "fp8_exact-search"])
+def test_gpu_row_tilings_bit_exact(K, rule, search):
+    """Row lengths of the chunked walk (ops._tiles): a ragged last chunk (2432), whole
+    chunks (5120), and a row longer than the one-chunk limit (20480)."""
+    x = _rand((256, K), torch.bfloat16, kind="heavy")
+    for gran in ("tensor", "row"):
+        assert_same_nvfp4(nvfp4.quantize(x.cuda(), rule, search, gran),
+                          ref.quantize(x, rule, search, gran), x if search else None)
 
 
 def test_quantize_op_traces_under_compile():

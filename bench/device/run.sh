@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # H200 device runs: bash bench/device/run.sh PART [PART ...]; logs and records go to $OUT.
 # Parts (times measured on the H200; one device call may run at most 10 minutes):
-#   tests        build _C, every GPU test                                   (~2 min)
-#   quant        quantization benchmark                                     (~0.5 min)
-#   quant-sweep  quantization tile sweep                                    (~2.5 min)
-#   gemm         SASS check + nvfp4_linear benchmark vs cuBLAS BF16 / FP8
+#   tests        build _C, every GPU test                                   (~3 min)
+#   ktests       GPU tests of the Triton kernels only (quantize, attention, self-check; no build)
+#   quant        quantization benchmark (GPU time by CUDA-graph replay)     (~0.5 min)
+#   quant-sweep  quantization tile sweep, two shapes                        (~1 min)
+#   gemm         SASS check + nvfp4_linear benchmark vs cuBLAS BF16 / FP8   (~6 min)
 #   gemm-sweep   CUTLASS FP8 GEMM sweep vs cuBLAS (bench/native_gemm_sweep.py)
 #   attn         attention benchmark vs cuDNN / FLASH SDPA
 #   attn-sweep   attention correctness + kernel-config sweep
@@ -15,7 +16,7 @@
 # Then copy $OUT/results.json over bench/results.json (records replace older ones by key) and
 # unpack $OUT/logs.tgz (a device call returns at most ~8 files: everything else is archived).
 set -uo pipefail
-PARTS="tests quant quant-sweep gemm gemm-sweep attn attn-sweep toy pretrain"
+PARTS="tests ktests quant quant-sweep gemm gemm-sweep attn attn-sweep toy pretrain"
 [ $# -gt 0 ] || set -- help
 for p in "$@"; do
   case " $PARTS " in *" $p "*) ;; *) echo "usage: $0 PART [PART ...], PART in: $PARTS"; exit 2 ;; esac
@@ -46,16 +47,25 @@ part() {
   tests)
     build
     python3 -m pytest -q -p no:cacheprovider -m gpu -n 4 tests 2>&1 | tee "$OUT/gpu_tests.log" | tail -30 ;;
+  ktests)
+    python3 -m solrl_kernels | tee "$OUT/backends.txt"
+    python3 -m pytest -q -p no:cacheprovider -m gpu -n 4 tests/test_nvfp4.py tests/test_attention.py \
+      tests/test_self_check.py 2>&1 | tee "$OUT/gpu_ktests.log" | tail -15 ;;
   quant)
     python3 -m pytest -q -p no:cacheprovider bench/test_bench_quantize.py --benchmark-enable -s \
       2>&1 | tee "$OUT/quant_bench.log" | grep -E "copy|GB/s|passed|failed" ;;
   quant-sweep)
-    timeout 150 python3 bench/quantize_sweep.py > "$OUT/quant_sweep.log" 2>&1
-    sort -t: -k2 -n "$OUT/quant_sweep.log" | tail -8 ;;
+    timeout 300 python3 bench/quantize_sweep.py > "$OUT/quant_sweep.log" 2>&1
+    grep -E "^copy|default" "$OUT/quant_sweep.log"
+    for m in packed-row fp8-row packed-given; do  # the best variant per shape and mode
+      for s in $(grep -oE "^[0-9]+x[0-9]+" "$OUT/quant_sweep.log" | sort -u); do
+        grep "^$s $m " "$OUT/quant_sweep.log" | sort -t: -k2 -n | tail -1
+      done
+    done ;;
   gemm)
     build
     cuobjdump --dump-sass solrl_kernels/_C*.so | grep -oE "QGMMA[.A-Z0-9x]*" | sort | uniq -c | tee "$OUT/sass.txt"
-    timeout 250 python3 -m pytest -q -p no:cacheprovider bench/test_bench_gemm.py --benchmark-enable -s \
+    timeout 420 python3 -m pytest -q -p no:cacheprovider bench/test_bench_gemm.py --benchmark-enable -s \
       2>&1 | tee "$OUT/gemm_bench.log" | tail -40 ;;
   gemm-sweep)
     build

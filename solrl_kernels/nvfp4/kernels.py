@@ -8,11 +8,13 @@ join or split (each a shared-memory layout shuffle) is needed:
     words (BLOCK_M, NB, 8) --> even (BLOCK_M, NB, 8) fp32,  odd (BLOCK_M, NB, 8) fp32
     amax_blk = max(|even|, |odd|) over the 8 pairs of a 16-element block -> s_blk (E4M3)
     byte = code(even) | code(odd) << 4          (the packed layout, element 2j low)
-    fp8 bytes = join(e4m3(even), e4m3(odd))     (the E4M3 container, (R, K) bytes)
+    int16 = e4m3(even) | e4m3(odd) << 8         (the E4M3 container, (R, K) bytes)
 
-With granularity "row" and no given global scale, a first walk over the row computes its
-amax (the second walk then reads the row from L2: one DRAM pass). Divisions are div_rn and
-FMA contraction is disabled at launch so the fp32 arithmetic matches torch bit for bit.
+A row whose length is a power of two (up to 16384) is one chunk: loaded once and quantized
+from registers. Other rows are walked in BLOCK_K chunks; with granularity "row" and no given
+global scale a first walk computes the row amax (the second walk then reads the row from L2:
+one DRAM pass). Divisions are div_rn and FMA contraction is disabled at launch so the fp32
+arithmetic matches torch bit for bit.
 """
 
 from __future__ import annotations
@@ -90,16 +92,17 @@ def _one_bit_step_up(s):
 def _e2m1_codes(y):
     """fp32 y -> int32 e2m1 codes, RNE, saturating at +-6; sign bit from y's sign bit.
 
-    |y| < 1: add 2^22 (fp32 ulp 0.5 there) and read the number of 0.5 quanta off the bits;
-    |y| >= 1: round the fp32 mantissa to one bit (ties to even) with integer ops, and
-    read exponent and mantissa bit together: bits >> 22 is 254 for 1.0 ... 259 for 6.0.
+    Rounds a = min(|y|, 6) as _e2m1_round_nonneg does, t = a + magic with magic =
+    1.5 * 2^(E+22), E = max(exponent of a, 0), and reads the code off the integer distance
+    t - magic: that many quanta 2^(E-1), and the code is quanta + 2E (0.5 -> 1, 1 -> 2, ...
+    4 -> 6, 6 -> 7; a rounding up into the next binade lands right too).
     Equivalent to the threshold table of reference.float_to_e2m1 (tested exhaustively).
     """
     a = tl.minimum(tl.abs(y), 6.0)
-    small = (a + 4194304.0).to(tl.int32, bitcast=True) - 0x4A800000
-    b = a.to(tl.int32, bitcast=True)
-    big = ((b + 0x1FFFFF + ((b >> 22) & 1)) >> 22) - 252
-    idx = tl.where(a < 1.0, small, big)
+    e = tl.maximum(a.to(tl.int32, bitcast=True) & 0x7F800000, 0x3F800000)
+    magic = e + ((22 << 23) | 0x400000)
+    quanta = (a + magic.to(tl.float32, bitcast=True)).to(tl.int32, bitcast=True) - magic
+    idx = quanta + ((e >> 22) - 254)
     return idx | ((y.to(tl.int32, bitcast=True) >> 28) & 8)
 
 
@@ -152,6 +155,12 @@ def _split_pairs(w, IN_KIND: tl.constexpr):
 
 
 @triton.jit
+def _block_amax(xe, xo):
+    """(BM, NB, 8) element pairs -> (BM, NB) amax of each 16-element block."""
+    return tl.max(tl.maximum(tl.abs(xe), tl.abs(xo)), axis=2)
+
+
+@triton.jit
 def _pair_sse(xe, xo, re, ro, total):
     """Per-block squared error of e2m1 values (re, ro) * total against (xe, xo)."""
     t = total[:, :, None]
@@ -188,22 +197,39 @@ def _load_global_scale(gs_ptr, rows, row_ok, GS_PER_ROW: tl.constexpr, BLOCK_M: 
 
 
 @triton.jit
+def _fp8_pairs(ve, vo, INTERPRET: tl.constexpr):
+    """fp32 (even, odd), each exactly an E4M3 value -> int16 words holding the two E4M3
+    bytes (even in the low byte), as the (R, K) E4M3 container lays them out.
+
+    On the GPU one cvt.rn.satfinite.e4m3x2 per pair (exact here: the values are E4M3);
+    the interpreter cannot run PTX and uses the element-wise cast instead."""
+    if INTERPRET:
+        lo = ve.to(tl.float8e4nv).to(tl.uint8, bitcast=True).to(tl.int16)
+        hi = vo.to(tl.float8e4nv).to(tl.uint8, bitcast=True).to(tl.int16)
+        return lo | (hi << 8)
+    else:
+        return tl.inline_asm_elementwise(
+            "cvt.rn.satfinite.e4m3x2.f32 $0, $2, $1;", "=h,r,r", [ve, vo],
+            dtype=tl.int16, is_pure=True, pack=1)
+
+
+@triton.jit
 def _quantize_chunk(
-    w, gs, k0, K, rows64, row_ok, data_ptr, scales_ptr, fp8_ptr,
+    w, amax_blk, gs, k0, K, rows64, row_ok, data_ptr, scales_ptr, fp8_ptr,
     IN_KIND: tl.constexpr, FP8_EXACT: tl.constexpr, SEARCH: tl.constexpr,
     BLOCKED: tl.constexpr, WRITE_PACKED: tl.constexpr, WRITE_FP8: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, INTERPRET: tl.constexpr,
 ):
-    """Quantize one (BLOCK_M, BLOCK_K) chunk given as words (BLOCK_M, NB, 8) and store it."""
+    """Quantize one (BLOCK_M, BLOCK_K) chunk, given as words (BLOCK_M, NB, 8) with its
+    block amax (BLOCK_M, NB), and store it."""
     NB: tl.constexpr = BLOCK_K // 16
     KW = K // 2
     n_scale_cols = K // 16
     blk = tl.arange(0, NB)
-    wcol = k0 // 2 + blk[None, :, None] * 8 + tl.arange(0, 8)[None, None, :]
+    wcol = k0 // 2 + _chunk_word_offsets(NB)
     row3 = rows64[:, None, None]
     m = row_ok[:, None, None] & (wcol < KW)
     xe, xo = _split_pairs(w, IN_KIND)
-    amax_blk = tl.max(tl.maximum(tl.abs(xe), tl.abs(xo)), axis=2)  # (BM, NB)
     s_ideal = tl.math.div_rn(tl.math.div_rn(amax_blk, F4_E2M1_MAX), gs[:, None])
     if FP8_EXACT:
         s = tl.minimum(tl.maximum(_round_up_one_bit(s_ideal), FP8_EXACT_SCALE_MIN),
@@ -251,11 +277,14 @@ def _quantize_chunk(
         if not SEARCH:
             re = _e2m1_round(ye)
             ro = _e2m1_round(yo)
-        ve = (re * s[:, :, None]).to(tl.float8e4nv).to(tl.uint8, bitcast=True)
-        vo = (ro * s[:, :, None]).to(tl.float8e4nv).to(tl.uint8, bitcast=True)
-        v16 = tl.reshape(tl.join(ve, vo), (BLOCK_M, NB, 16))  # pairs -> consecutive bytes
-        col16 = k0 + blk[None, :, None] * 16 + tl.arange(0, 16)[None, None, :]
-        tl.store(fp8_ptr + row3 * K + col16, v16, mask=row_ok[:, None, None] & (col16 < K))
+        s3 = s[:, :, None]
+        tl.store(fp8_ptr + row3 * KW + wcol, _fp8_pairs(re * s3, ro * s3, INTERPRET), mask=m)
+
+
+@triton.jit
+def _chunk_word_offsets(NB: tl.constexpr):
+    """Word offsets (1, NB, 8) of a chunk's 16-element blocks, relative to its first word."""
+    return tl.arange(0, NB)[None, :, None] * 8 + tl.arange(0, 8)[None, None, :]
 
 
 @triton.jit
@@ -269,34 +298,33 @@ def nvfp4_quantize_kernel(
     COMPUTE_GS: tl.constexpr,  # compute the per-row global scale here and store it to gs_ptr
     BLOCKED: tl.constexpr,  # scales in the 128x4 swizzled layout
     WRITE_PACKED: tl.constexpr,  # write data (R, K/2) + scales
-    WRITE_FP8: tl.constexpr,  # write the FP8-exact E4M3 values e2m1*s_blk (R, K) as bytes
+    WRITE_FP8: tl.constexpr,  # write the FP8-exact E4M3 values e2m1*s_blk (R, K) as int16 pairs
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
     ONE_TILE: tl.constexpr,  # BLOCK_K >= K: the whole row is one chunk, loaded once
+    INTERPRET: tl.constexpr,  # running in the Triton interpreter (no inline PTX)
 ):
-    NB: tl.constexpr = BLOCK_K // 16
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < R
     rows64 = rows.to(tl.int64)
     KW = K // 2  # words per row
-    # word offsets of a (BLOCK_M, NB, 8) chunk, relative to its first word
-    woffs = tl.arange(0, NB)[None, :, None] * 8 + tl.arange(0, 8)[None, None, :]
+    woffs = _chunk_word_offsets(BLOCK_K // 16)
     wrow = xw_ptr + rows64[:, None, None] * stride_w
     rowok3 = row_ok[:, None, None]
 
     if ONE_TILE:  # one chunk per row: load once, amax and quantize from registers
         w = tl.load(wrow + woffs, mask=rowok3 & (woffs < KW), other=0)
+        xe, xo = _split_pairs(w, IN_KIND)
+        amax_blk = _block_amax(xe, xo)
         if COMPUTE_GS:
-            xe, xo = _split_pairs(w, IN_KIND)
-            amax_row = tl.max(tl.max(tl.maximum(tl.abs(xe), tl.abs(xo)), axis=2), axis=1)
-            gs = _row_global_scale(amax_row, FP8_EXACT)
+            gs = _row_global_scale(tl.max(amax_blk, axis=1), FP8_EXACT)
             tl.store(gs_ptr + rows, gs, mask=row_ok)
         else:
             gs = _load_global_scale(gs_ptr, rows, row_ok, GS_PER_ROW, BLOCK_M)
-        _quantize_chunk(w, gs, 0, K, rows64, row_ok, data_ptr, scales_ptr, fp8_ptr,
+        _quantize_chunk(w, amax_blk, gs, 0, K, rows64, row_ok, data_ptr, scales_ptr, fp8_ptr,
                         IN_KIND, FP8_EXACT, SEARCH, BLOCKED, WRITE_PACKED, WRITE_FP8,
-                        BLOCK_M, BLOCK_K)
+                        BLOCK_M, BLOCK_K, INTERPRET)
     else:
         if COMPUTE_GS:  # first walk: row amax (the second walk re-reads the rows from L2)
             amax_row = tl.zeros((BLOCK_M,), dtype=tl.float32)
@@ -304,8 +332,8 @@ def nvfp4_quantize_kernel(
                 wcol = k0 // 2 + woffs
                 w = tl.load(wrow + wcol, mask=rowok3 & (wcol < KW), other=0)
                 xe, xo = _split_pairs(w, IN_KIND)
-                amax_pair = tl.maximum(tl.abs(xe), tl.abs(xo))
-                amax_row = tl.maximum(amax_row, tl.max(tl.max(amax_pair, axis=2), axis=1))
+                amax_blk = _block_amax(xe, xo)
+                amax_row = tl.maximum(amax_row, tl.max(amax_blk, axis=1))
             gs = _row_global_scale(amax_row, FP8_EXACT)
             tl.store(gs_ptr + rows, gs, mask=row_ok)
         else:
@@ -313,9 +341,11 @@ def nvfp4_quantize_kernel(
         for k0 in range(0, K, BLOCK_K):
             wcol = k0 // 2 + woffs
             w = tl.load(wrow + wcol, mask=rowok3 & (wcol < KW), other=0)
-            _quantize_chunk(w, gs, k0, K, rows64, row_ok, data_ptr, scales_ptr, fp8_ptr,
-                            IN_KIND, FP8_EXACT, SEARCH, BLOCKED, WRITE_PACKED, WRITE_FP8,
-                            BLOCK_M, BLOCK_K)
+            xe, xo = _split_pairs(w, IN_KIND)
+            amax_blk = _block_amax(xe, xo)
+            _quantize_chunk(w, amax_blk, gs, k0, K, rows64, row_ok, data_ptr, scales_ptr,
+                            fp8_ptr, IN_KIND, FP8_EXACT, SEARCH, BLOCKED, WRITE_PACKED,
+                            WRITE_FP8, BLOCK_M, BLOCK_K, INTERPRET)
 
 
 @triton.jit

@@ -51,13 +51,19 @@ def _as_words(x: torch.Tensor) -> torch.Tensor:
 ONE_TILE_MAX_K = 16384  # rows up to this long are quantized from registers in one load
 
 
-def _tiles(K: int, compute_gs: bool, search: bool) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_K, num_warps), from the H200 sweep (bench/quantize_sweep.py): long
-    chunks win; a per-row amax wants the whole row in one chunk (one read)."""
-    if K <= ONE_TILE_MAX_K and (compute_gs or K <= 1024):
+def _tiles(K: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_K, num_warps), from the H200 sweeps (bench/quantize_sweep.py, GPU time).
+
+    A row whose length is a power of two (or short) is one chunk, loaded once: its amax and
+    its blocks come from registers. Other lengths (3072, 5120, 2432, ...) walk the row in
+    1024-wide chunks; a per-row amax then reads the row twice, the second time from L2.
+    Measured at K = 5120 (2026-11-30): the walk beat a power-of-two tile with idle lanes
+    (0.73 vs 0.59 of copy for the E4M3 container) and also two exact chunks (4096 + 1024
+    in registers: 0.68)."""
+    if K <= 1024 or (K & (K - 1) == 0 and K <= ONE_TILE_MAX_K):
         block_k = max(triton.next_power_of_2(K), 16)
         return 1, block_k, max(1, min(8, block_k // 1024))
-    return (2, 512, 2) if search else (2, 1024, 2)
+    return 1, 1024, 2
 
 
 @torch.library.triton_op("solrl_kernels::nvfp4_quantize", mutates_args=())
@@ -85,15 +91,16 @@ def nvfp4_quantize(
     gs_out = torch.empty((R if compute_gs else 0,), device=dev, dtype=torch.float32)
     if R == 0 or K == 0:
         return data, scales, gs_out.fill_(1.0), fp8
-    block_m, block_k, warps = _tiles(K, compute_gs, scale_search)
+    block_m, block_k, warps = _tiles(K)
     xw = _as_words(x)
     launch(
         kernels.nvfp4_quantize_kernel, (triton.cdiv(R, block_m),),
-        xw, data, scales, gs_out if compute_gs else global_scale, fp8.view(torch.uint8),
+        xw, data, scales, gs_out if compute_gs else global_scale, fp8.view(torch.int16),
         R, K, xw.stride(0),
         IN_KIND=_KIND[x.dtype], FP8_EXACT=fp8_exact, SEARCH=scale_search, GS_PER_ROW=per_row,
         COMPUTE_GS=compute_gs, BLOCKED=blocked, WRITE_PACKED=write_packed, WRITE_FP8=write_fp8,
-        BLOCK_M=block_m, BLOCK_K=block_k, ONE_TILE=block_k >= K, num_warps=warps,
+        BLOCK_M=block_m, BLOCK_K=block_k, ONE_TILE=block_k >= K, INTERPRET=triton_interpreting(),
+        num_warps=warps,
         enable_fp_fusion=False,
     )
     return data, scales, gs_out, fp8
