@@ -38,7 +38,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from solrl_kernels.gemm import _native_has, nvfp4_linear, prepare_weight  # noqa: E402
+from solrl_kernels.gemm import (  # noqa: E402
+    _native_has,
+    nvfp4_linear,
+    prepare_weight,
+    set_activation_reuse,
+)
 from solrl_kernels.gemm import triton_launch as tl_launch  # noqa: E402
 from solrl_kernels.gemm.reference import fp8_gemm_reference, relative_error  # noqa: E402
 from solrl_kernels.gemm.triton_launch import FP8GemmConfig, PackedGemmConfig  # noqa: E402
@@ -283,6 +288,7 @@ def sweep_one(args, shape_name, K, N, M, fp8_v, packed_v, sass_info, sass_done, 
 def main() -> None:
     args = parse_args()
     assert torch.cuda.is_available(), "the sweep needs a CUDA GPU"
+    set_activation_reuse(False)  # each timed nvfp4_linear call quantizes its (repeated) input
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")

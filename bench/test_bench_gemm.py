@@ -25,7 +25,7 @@ import torch
 from timing import gpu_ms, host_us
 
 from solrl_kernels import nvfp4
-from solrl_kernels.gemm import nvfp4_linear, prepare_weight, resolve_backend
+from solrl_kernels.gemm import nvfp4_linear, prepare_weight, resolve_backend, set_activation_reuse
 from solrl_kernels.gemm import ops as gemm_ops
 from solrl_kernels.gemm.reference import nvfp4_linear_reference, relative_error
 from solrl_kernels.gemm.weight import quantize_to_fp8
@@ -47,6 +47,15 @@ def _median_ms(fn) -> float:
 
 def _tflops(M, N, K, ms):
     return 2.0 * M * N * K / (ms * 1e-3) / 1e12
+
+
+@pytest.fixture(scope="module", autouse=True)
+def quantize_every_call():
+    """Every timed nvfp4_linear call quantizes its input: the repeated x would otherwise reuse
+    the first call's activation (solrl_kernels/gemm/activation_cache.py) and time the GEMM."""
+    set_activation_reuse(False)
+    yield
+    set_activation_reuse(True)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -83,6 +83,12 @@ def cuda_capability() -> tuple[int, int] | None:
     return torch.cuda.get_device_capability() if torch.cuda.is_available() else None
 
 
+def cuda_fp8_capable(device: torch.device) -> bool:
+    """A CUDA device with FP8 (E4M3) support, sm_89 or newer (Ada, Hopper, Blackwell): what
+    our Triton kernels need (FP8 conversions, FP8 tensor cores)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
 def backends_report() -> list[tuple[str, bool, str]]:
     """[(path, available, why)] for native, triton, emulated."""
     cap = cuda_capability()

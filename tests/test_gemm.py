@@ -480,7 +480,7 @@ def test_sm100_dispatch_glue_with_emulated_kernel(monkeypatch):
         return (y if bias is None else y + bias).to(out_dtype)
 
     monkeypatch.setattr(g, "_capability", lambda device: (10, 0))
-    monkeypatch.setattr(g, "_fp8_capable", lambda device: True)
+    monkeypatch.setattr(g, "cuda_fp8_capable", lambda device: True)
     monkeypatch.setattr(g, "_sm100_native_available", lambda: True)
     monkeypatch.setattr(g, "_sm100_op", lambda: fake_sm100)
     gen = torch.Generator().manual_seed(12)

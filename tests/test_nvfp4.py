@@ -369,3 +369,18 @@ def test_assert_same_accepts_only_ties():
     with pytest.raises(AssertionError):
         assert_same_fp8_container(v, gs, *ref.to_fp8_container(b), x)
 
+
+
+def test_pre_ada_gpu_takes_the_reference(monkeypatch):
+    """The Triton quantizer casts to E4M3 (sm_89+): on an older GPU "auto" takes the
+    reference and "triton" says why it cannot run."""
+    from solrl_kernels.nvfp4 import api
+
+    monkeypatch.setattr(api, "triton_available", lambda device: True)
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert not api._use_triton("auto", cuda)
+    with pytest.raises(RuntimeError, match="sm_80 has no FP8 support"):
+        api._use_triton("triton", cuda)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert api._use_triton("auto", cuda)

@@ -18,7 +18,12 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .._backends import triton_available, triton_interpreting, triton_unavailable_reason
+from .._backends import (
+    cuda_fp8_capable,
+    triton_available,
+    triton_interpreting,
+    triton_unavailable_reason,
+)
 from .reference import (
     DEFAULT_CONFIG,
     LOG2E,
@@ -67,9 +72,7 @@ def kernel_path_available(device: torch.device | str) -> bool:
         return False
     if dev.type == "cpu":
         return triton_interpreting()
-    if dev.type != "cuda":
-        return False
-    return torch.cuda.get_device_capability(dev) >= (8, 9)  # FP8 tensor cores
+    return cuda_fp8_capable(dev)  # FP8 tensor cores
 
 
 def kernel_unavailable_reason(device: torch.device | str) -> str:

@@ -32,9 +32,15 @@ from typing import Literal
 import torch
 
 from .. import nvfp4
-from .._backends import native_ops_available, native_unavailable_reason, triton_available
+from .._backends import (
+    cuda_fp8_capable,
+    native_ops_available,
+    native_unavailable_reason,
+    triton_available,
+)
 from ..nvfp4.tensor import NVFP4Tensor
 from . import ops
+from .activation_cache import quantize_activation, set_activation_reuse
 from .reference import (
     ACTIVATIONS,
     check_activation,
@@ -61,16 +67,12 @@ __all__ = [
     "ACTIVATIONS", "BACKENDS", "FP8GemmConfig", "FP8Weight", "PackedGemmConfig",
     "WeightStorage", "fp8_gemm", "fp8_gemm_reference", "nvfp4_gemm_packed_reference",
     "nvfp4_linear", "nvfp4_linear_reference", "plan_backend", "prepare_weight",
-    "quantize_to_fp8", "resolve_backend", "run_planned",
+    "quantize_to_fp8", "resolve_backend", "run_planned", "set_activation_reuse",
 ]
 
 
 def _native_has(name: str) -> bool:
     return native_ops_available() and hasattr(torch.ops.solrl_kernels, name)
-
-
-def _fp8_capable(device: torch.device) -> bool:
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
 
 
 def _capability(device: torch.device) -> tuple[int, int] | None:
@@ -104,7 +106,7 @@ def resolve_backend(
     cap = _capability(device)
     blackwell = cap is not None and cap[0] == 10
     if backend == "auto":
-        if cap is None or not _fp8_capable(device):
+        if cap is None or not cuda_fp8_capable(device):
             return "emulated"
         N, K = w.shape
         if blackwell and packed:
@@ -143,7 +145,7 @@ def resolve_backend(
                 native_unavailable_reason() if backend == "native"
                 else f"torch {torch.__version__} has no float4_e2m1fn_x2"))
         return backend
-    if not _fp8_capable(device):
+    if not cuda_fp8_capable(device):
         raise ValueError(f"backend={backend!r} needs FP8 tensor cores (sm_89+), this GPU is "
                          f"sm_{cap[0]}{cap[1]}; use backend='emulated'")
     if backend == "native":
@@ -251,11 +253,11 @@ def run_planned(x: torch.Tensor, w: NVFP4Tensor | FP8Weight, bias: torch.Tensor 
     lead = x.shape[:-1]
     x2 = x.reshape(-1, K)
     if isinstance(w, FP8Weight):
-        y = _linear_fp8_storage(x2, w, bias, activation, out_dtype, name)
+        y = _linear_fp8_storage(x, x2, w, bias, activation, out_dtype, name)
     elif blackwell:  # reads either scale layout
         y = _linear_sm100(x2, w, bias, activation, out_dtype, name)
     else:
-        y = _linear_packed(x2, as_row_major(w), bias, activation, out_dtype, name)
+        y = _linear_packed(x, x2, as_row_major(w), bias, activation, out_dtype, name)
     return y.reshape(*lead, N)
 
 
@@ -263,11 +265,11 @@ def _weight_scale(gs: torch.Tensor) -> torch.Tensor:
     return gs.float().reshape(-1)
 
 
-def _linear_fp8_storage(x2, w: FP8Weight, bias, activation, out_dtype, name):
+def _linear_fp8_storage(x, x2, w: FP8Weight, bias, activation, out_dtype, name):
     if name == "emulated":
         return ops.fp8_linear_emulated(x2, w.values, w.global_scale.float(), bias, activation,
                                        out_dtype)
-    a, sa = quantize_to_fp8(x2, granularity="row")
+    a, sa = quantize_activation(x, x2)
     args = (a, w.values, sa.reshape(-1), _weight_scale(w.global_scale), bias, activation,
             out_dtype)
     if name == "native":
@@ -275,11 +277,11 @@ def _linear_fp8_storage(x2, w: FP8Weight, bias, activation, out_dtype, name):
     return getattr(ops, f"fp8_gemm_{name}")(*args)
 
 
-def _linear_packed(x2, w: NVFP4Tensor, bias, activation, out_dtype, name):
+def _linear_packed(x, x2, w: NVFP4Tensor, bias, activation, out_dtype, name):
     if name == "emulated":
         return ops.nvfp4_linear_emulated(x2, w.data, w.scales, w.global_scale.float(), bias,
                                          activation, w.scale_rule, out_dtype)
-    a, sa = quantize_to_fp8(x2, granularity="row")
+    a, sa = quantize_activation(x, x2)
     sa, sb = sa.reshape(-1), _weight_scale(w.global_scale)
     if name == "native":
         return torch.ops.solrl_kernels.nvfp4_gemm_sm90(a, w.data, w.scales, sa, sb, bias,

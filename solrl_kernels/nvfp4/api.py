@@ -10,7 +10,7 @@ from typing import Literal
 
 import torch
 
-from .._backends import triton_available, triton_unavailable_reason
+from .._backends import cuda_fp8_capable, triton_available, triton_unavailable_reason
 from . import reference as ref
 from .layouts import to_blocked
 from .tensor import BLOCK_SIZE, Granularity, NVFP4Tensor, ScaleLayout, ScaleRule
@@ -28,10 +28,17 @@ def _use_triton(backend: Backend, device: torch.device) -> bool:
         raise ValueError(f"backend must be 'auto', 'triton' or 'reference', got {backend!r}")
     if backend == "reference":
         return False
-    ok = triton_available(device)
-    if backend == "triton" and not ok:
-        raise RuntimeError(f"backend='triton' requested but unavailable: {triton_unavailable_reason()}")
-    return ok
+    why = None
+    if not triton_available(device):
+        why = triton_unavailable_reason()
+    elif (device.type == "cuda" and not torch.compiler.is_compiling()
+          and not cuda_fp8_capable(device)):  # the kernels cast to E4M3
+        cap = torch.cuda.get_device_capability(device)
+        why = (f"GPU sm_{cap[0]}{cap[1]} has no FP8 support (the Triton quantizer needs sm_89 "
+               "or newer); backend='reference' runs anywhere")
+    if backend == "triton" and why:
+        raise RuntimeError(f"backend='triton' requested but unavailable: {why}")
+    return why is None
 
 
 def _tensor_amax(x2d: torch.Tensor) -> torch.Tensor:
