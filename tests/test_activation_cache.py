@@ -100,3 +100,25 @@ def test_traced_graph_has_no_break(device):
     x = torch.randn(4, 64, device=device, dtype=torch.bfloat16)
     fn = torch.compile(lambda t: layers[0](t) + layers[1](t), backend="eager", fullgraph=True)
     torch.testing.assert_close(fn(x), layers[0](x) + layers[1](x), rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+def test_gpu_cuda_graph_replays_see_new_inputs():
+    """Warm up, capture q/k/v-like siblings in a CUDA graph, write a new input into the
+    static buffer, replay: the outputs equal eager calls on the new input."""
+    layers = _siblings("fp8", "cuda", K=256, N=128)
+    static_x = torch.randn(64, 256, device="cuda", dtype=torch.bfloat16)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            [layer(static_x) for layer in layers]
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = [layer(static_x) for layer in layers]
+    new = torch.randn_like(static_x)
+    static_x.copy_(new)
+    graph.replay()
+    for layer, out in zip(layers, static_out):
+        assert torch.equal(out, layer(new))
