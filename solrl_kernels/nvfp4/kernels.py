@@ -215,13 +215,13 @@ def _fp8_pairs(ve, vo, INTERPRET: tl.constexpr):
 
 @triton.jit
 def _quantize_chunk(
-    w, amax_blk, gs, k0, K, rows64, row_ok, data_ptr, scales_ptr, fp8_ptr,
-    IN_KIND: tl.constexpr, FP8_EXACT: tl.constexpr, SEARCH: tl.constexpr,
+    xe, xo, amax_blk, gs, k0, K, rows64, row_ok, data_ptr, scales_ptr, fp8_ptr,
+    FP8_EXACT: tl.constexpr, SEARCH: tl.constexpr,
     BLOCKED: tl.constexpr, WRITE_PACKED: tl.constexpr, WRITE_FP8: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, INTERPRET: tl.constexpr,
 ):
-    """Quantize one (BLOCK_M, BLOCK_K) chunk, given as words (BLOCK_M, NB, 8) with its
-    block amax (BLOCK_M, NB), and store it."""
+    """Quantize one (BLOCK_M, BLOCK_K) chunk, given as its element pairs (even, odd; each
+    (BLOCK_M, NB, 8) fp32) with its block amax (BLOCK_M, NB), and store it."""
     NB: tl.constexpr = BLOCK_K // 16
     KW = K // 2
     n_scale_cols = K // 16
@@ -229,7 +229,6 @@ def _quantize_chunk(
     wcol = k0 // 2 + _chunk_word_offsets(NB)
     row3 = rows64[:, None, None]
     m = row_ok[:, None, None] & (wcol < KW)
-    xe, xo = _split_pairs(w, IN_KIND)
     s_ideal = tl.math.div_rn(tl.math.div_rn(amax_blk, F4_E2M1_MAX), gs[:, None])
     if FP8_EXACT:
         s = tl.minimum(tl.maximum(_round_up_one_bit(s_ideal), FP8_EXACT_SCALE_MIN),
@@ -322,8 +321,8 @@ def nvfp4_quantize_kernel(
             tl.store(gs_ptr + rows, gs, mask=row_ok)
         else:
             gs = _load_global_scale(gs_ptr, rows, row_ok, GS_PER_ROW, BLOCK_M)
-        _quantize_chunk(w, amax_blk, gs, 0, K, rows64, row_ok, data_ptr, scales_ptr, fp8_ptr,
-                        IN_KIND, FP8_EXACT, SEARCH, BLOCKED, WRITE_PACKED, WRITE_FP8,
+        _quantize_chunk(xe, xo, amax_blk, gs, 0, K, rows64, row_ok, data_ptr, scales_ptr,
+                        fp8_ptr, FP8_EXACT, SEARCH, BLOCKED, WRITE_PACKED, WRITE_FP8,
                         BLOCK_M, BLOCK_K, INTERPRET)
     else:
         if COMPUTE_GS:  # first walk: row amax (the second walk re-reads the rows from L2)
@@ -343,8 +342,8 @@ def nvfp4_quantize_kernel(
             w = tl.load(wrow + wcol, mask=rowok3 & (wcol < KW), other=0)
             xe, xo = _split_pairs(w, IN_KIND)
             amax_blk = _block_amax(xe, xo)
-            _quantize_chunk(w, amax_blk, gs, k0, K, rows64, row_ok, data_ptr, scales_ptr,
-                            fp8_ptr, IN_KIND, FP8_EXACT, SEARCH, BLOCKED, WRITE_PACKED,
+            _quantize_chunk(xe, xo, amax_blk, gs, k0, K, rows64, row_ok, data_ptr,
+                            scales_ptr, fp8_ptr, FP8_EXACT, SEARCH, BLOCKED, WRITE_PACKED,
                             WRITE_FP8, BLOCK_M, BLOCK_K, INTERPRET)
 
 

@@ -100,8 +100,7 @@ def nvfp4_quantize(
         IN_KIND=_KIND[x.dtype], FP8_EXACT=fp8_exact, SEARCH=scale_search, GS_PER_ROW=per_row,
         COMPUTE_GS=compute_gs, BLOCKED=blocked, WRITE_PACKED=write_packed, WRITE_FP8=write_fp8,
         BLOCK_M=block_m, BLOCK_K=block_k, ONE_TILE=block_k >= K, INTERPRET=triton_interpreting(),
-        num_warps=warps,
-        enable_fp_fusion=False,
+        num_warps=warps, enable_fp_fusion=False,
     )
     return data, scales, gs_out, fp8
 
