@@ -42,7 +42,7 @@ TABLE: list[dict] = []
 
 
 def _median_ms(fn) -> float:
-    return gpu_ms(fn, rep_ms=200)[0]
+    return gpu_ms(fn, rep_ms=50)[0]
 
 
 def _tflops(M, N, K, ms):

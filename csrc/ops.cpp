@@ -3,7 +3,9 @@
 //   torch.ops.solrl_kernels.fp8_gemm_sm90      Hopper FP8 GEMM, per-row x per-col scales, bias, act
 //   torch.ops.solrl_kernels.nvfp4_gemm_sm100   Blackwell block-scaled NVFP4 GEMM (compiled, never run
 //                                              here: we have no sm_100 GPU)
-//   torch.ops.solrl_kernels._fp8_gemm_sm90_tile  fp8_gemm_sm90 with a forced tile config (benchmarks)
+//   torch.ops.solrl_kernels.stream_capture_id   id of the CUDA-graph capture on the current stream
+//   torch.ops.solrl_kernels._fp8_gemm_sm90_tile  fp8_gemm_sm90 with a forced tile config and tile
+//                                              scheduler / promotion settings (benchmarks)
 //
 // Every op exists whatever was compiled. Order of checks: arguments (dtypes, shapes, layouts,
 // one device; TypeError/ValueError with the actual values, on any device, CPU tensors too) ->
@@ -161,7 +163,8 @@ struct TorchWorkspace {
 at::Tensor fp8_gemm_sm90_impl(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale_a,
                               const at::Tensor& scale_b, const std::optional<at::Tensor>& bias,
                               c10::string_view activation, at::ScalarType out_dtype,
-                              int64_t tile) {
+                              int64_t tile, int64_t swizzle, int64_t raster,
+                              int64_t promotion_interval) {
   constexpr const char* op = "fp8_gemm_sm90";
   check_2d(a, op, "a", at::kFloat8_e4m3fn, "(M, K)");
   check_2d(b, op, "b", at::kFloat8_e4m3fn, "(N, K) (K-major, like nn.Linear.weight)");
@@ -180,6 +183,13 @@ at::Tensor fp8_gemm_sm90_impl(const at::Tensor& a, const at::Tensor& b, const at
   const Activation act = parse_activation(activation, op);
   TORCH_CHECK_VALUE(tile >= -1 && tile < kNumFp8TilesSm90, op, ": tile must be -1 (heuristic) or in [0, ",
                     num(kNumFp8TilesSm90), "), got ", num(tile));
+  TORCH_CHECK_VALUE(swizzle >= 0 && swizzle <= 8 && (swizzle & (swizzle - 1)) == 0, op,
+                    ": swizzle must be 0 (default, = 1), 1, 2, 4 or 8, got ", num(swizzle));
+  TORCH_CHECK_VALUE(raster >= 0 && raster <= 2, op,
+                    ": raster must be 0 (heuristic), 1 (along M) or 2 (along N), got ", num(raster));
+  TORCH_CHECK_VALUE(promotion_interval > 0 && promotion_interval % 4 == 0, op,
+                    ": promotion_interval must be a positive multiple of 4, got ",
+                    num(promotion_interval));
   std::optional<at::Tensor> bias32 = check_bias(bias, op, N);
   if (bias32) {
     check_same_device({{"a", &a}, {"b", &b}, {"scale_a", &scale_a}, {"scale_b", &scale_b},
@@ -219,6 +229,9 @@ at::Tensor fp8_gemm_sm90_impl(const at::Tensor& a, const at::Tensor& b, const at
   p.activation = act;
   p.sm_count = device_attribute(cudaDevAttrMultiProcessorCount, a.get_device());
   p.stream = c10::cuda::getCurrentCUDAStream().stream();
+  p.max_swizzle = swizzle > 0 ? static_cast<int>(swizzle) : 1;
+  p.raster = static_cast<int>(raster);
+  p.promotion_interval = static_cast<int>(promotion_interval);
 
   // Heuristic: the 128x128 cooperative tile when it fills the GPU, else 64x128 ping-pong
   // (twice the CTAs: small M, or few output tiles).
@@ -250,7 +263,7 @@ at::Tensor fp8_gemm_sm90_impl(const at::Tensor& a, const at::Tensor& b, const at
 at::Tensor fp8_gemm_sm90(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale_a,
                          const at::Tensor& scale_b, const std::optional<at::Tensor>& bias,
                          c10::string_view activation, at::ScalarType out_dtype) {
-  return fp8_gemm_sm90_impl(a, b, scale_a, scale_b, bias, activation, out_dtype, -1);
+  return fp8_gemm_sm90_impl(a, b, scale_a, scale_b, bias, activation, out_dtype, -1, 0, 0, 8);
 }
 
 // ------------------------------------------------------------------------- nvfp4_gemm_sm100
@@ -336,6 +349,18 @@ at::Tensor nvfp4_gemm_sm100(const at::Tensor& a_data, const at::Tensor& a_scales
 #endif
 }
 
+// The id of the CUDA stream capture in progress on the current stream of `device`, 0 when it
+// is not capturing. solrl_kernels/gemm/activation_cache.py shares a quantized activation
+// between sibling layers only within one capture (or outside any).
+int64_t stream_capture_id(int64_t device) {
+  c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  unsigned long long id = 0;
+  C10_CUDA_CHECK(
+      cudaStreamGetCaptureInfo(c10::cuda::getCurrentCUDAStream().stream(), &status, &id));
+  return status == cudaStreamCaptureStatusActive ? static_cast<int64_t>(id) : 0;
+}
+
 // Which kernel families this build holds (for _backends / error messages).
 std::vector<std::string> compiled_archs() {
   std::vector<std::string> out;
@@ -357,11 +382,13 @@ TORCH_LIBRARY(solrl_kernels, m) {
       "str activation, ScalarType out_dtype) -> Tensor");
   m.def(
       "_fp8_gemm_sm90_tile(Tensor a, Tensor b, Tensor scale_a, Tensor scale_b, Tensor? bias, "
-      "str activation, ScalarType out_dtype, int tile) -> Tensor");
+      "str activation, ScalarType out_dtype, int tile, int swizzle=0, int raster=0, "
+      "int promotion_interval=8) -> Tensor");
   m.def(
       "nvfp4_gemm_sm100(Tensor a_data, Tensor a_scales_blocked, Tensor b_data, "
       "Tensor b_scales_blocked, Tensor alpha, Tensor? bias, ScalarType out_dtype) -> Tensor");
   m.def("compiled_archs() -> str[]", &solrl::compiled_archs);
+  m.def("stream_capture_id(int device) -> int", &solrl::stream_capture_id);
 }
 
 // CUDA does the work; CPU runs the same argument checks and then says the op needs CUDA

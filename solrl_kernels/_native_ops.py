@@ -18,11 +18,14 @@ Ops (schemas in csrc/ops.cpp):
     M (per row / token) or 1 (per tensor) elements; scale_b: fp32 with N (per output channel) or
     1 elements. bias: (N,) fp32/bf16/fp16 or None. activation: "none", "gelu_tanh" (tanh
     approximation) or "silu". out_dtype: torch.bfloat16 or torch.float16. Accumulates in fp32
-    with promotion every 128 elements of K (no FP8 "fast accumulation").
+    with promotion every 256 elements of K (no FP8 "fast accumulation" over the whole K).
 
-``torch.ops.solrl_kernels._fp8_gemm_sm90_tile(..., tile)``
+``torch.ops.solrl_kernels._fp8_gemm_sm90_tile(..., tile, swizzle=0, raster=0, promotion_interval=8)``
     The same with a forced tile configuration (0: 128x128x128 cooperative with a 1x2 cluster,
-    1: 64x128x128 ping-pong; -1: the heuristic) -- for benchmarks.
+    1: 64x128x128 ping-pong; -1: the heuristic), tile-scheduler swizzle (0: default, 1/2/4/8)
+    and raster order (0: CUTLASS's heuristic, 1: along M, 2: along N), and wgmma k-blocks
+    between fp32 promotions (a multiple of 4) -- for benchmarks and tuning
+    (bench/gemm_schedule_sweep.py).
 
 ``torch.ops.solrl_kernels.nvfp4_gemm_sm100(a_data, a_scales_blocked, b_data, b_scales_blocked, alpha, bias, out_dtype)``
     Blackwell (sm_100a) block-scaled NVFP4 GEMM::
@@ -37,6 +40,10 @@ Ops (schemas in csrc/ops.cpp):
 
 ``torch.ops.solrl_kernels.compiled_archs() -> list[str]``
     Kernel families in this build: a subset of ["sm90a", "sm100a"].
+
+``torch.ops.solrl_kernels.stream_capture_id(device) -> int``
+    The id of the CUDA stream capture (graph capture) in progress on the current stream of
+    CUDA device `device`; 0 when that stream is not capturing.
 """
 
 from __future__ import annotations
@@ -149,7 +156,8 @@ def _fp8_gemm_sm90_fake(a, b, scale_a, scale_b, bias, activation, out_dtype):
 
 
 @torch.library.register_fake("solrl_kernels::_fp8_gemm_sm90_tile")
-def _fp8_gemm_sm90_tile_fake(a, b, scale_a, scale_b, bias, activation, out_dtype, tile):
+def _fp8_gemm_sm90_tile_fake(a, b, scale_a, scale_b, bias, activation, out_dtype, tile, swizzle=0,
+                             raster=0, promotion_interval=8):
     M, N = check_fp8_gemm_sm90_args(a, b, scale_a, scale_b, bias, activation, out_dtype)
     if tile not in FP8_GEMM_SM90_TILES:
         raise ValueError(f"fp8_gemm_sm90: tile must be -1 (heuristic) or in [0, 2), got {tile}")

@@ -229,6 +229,37 @@ def test_fp8_gemm_sm90_shapes(M, N, K, tile, out_dtype):
 
 @pytest.mark.gpu
 @needs_hopper
+@pytest.mark.parametrize("tile", [0, 1], ids=["128x128coop", "64x128pingpong"])
+def test_fp8_gemm_sm90_schedules_bit_identical(tile):
+    """Swizzle and raster order move output tiles between SMs, never the arithmetic: every
+    schedule gives the default's bits (ragged M and N: partial tiles at both edges)."""
+    torch.manual_seed(tile)
+    a, b, sa, sb, bias = _fp8_inputs(1100, 1032, 640, "cuda", bias_dtype=torch.float32)
+    ref = ops()._fp8_gemm_sm90_tile(a, b, sa, sb, bias, "silu", torch.bfloat16, tile)
+    assert_close_rel(ref, fp8_gemm_ref(a, b, sa, sb, bias, "silu"))
+    for swizzle in (1, 2, 4, 8):
+        for raster in (0, 1, 2):
+            out = ops()._fp8_gemm_sm90_tile(a, b, sa, sb, bias, "silu", torch.bfloat16, tile,
+                                            swizzle, raster)
+            assert torch.equal(out, ref), (swizzle, raster)
+    # fp32 promotion every k-tile instead of every 2: different rounding, same accuracy bound
+    out4 = ops()._fp8_gemm_sm90_tile(a, b, sa, sb, bias, "silu", torch.bfloat16, tile, 0, 0, 4)
+    assert_close_rel(out4, fp8_gemm_ref(a, b, sa, sb, bias, "silu"))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(swizzle=3), "swizzle must be"), (dict(swizzle=16), "swizzle must be"),
+    (dict(raster=3), "raster must be"), (dict(promotion_interval=6), "promotion_interval must"),
+])
+def test_fp8_gemm_sm90_tile_rejects_bad_schedule(kwargs, match):
+    a, b, sa, sb, bias = _fp8_inputs(16, 16, 32)
+    args = dict(swizzle=0, raster=0, promotion_interval=8) | kwargs
+    with pytest.raises(ValueError, match=match):
+        ops()._fp8_gemm_sm90_tile(a, b, sa, sb, bias, "none", torch.bfloat16, 0, *args.values())
+
+
+@pytest.mark.gpu
+@needs_hopper
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("bias_dtype", [None, torch.float32, torch.bfloat16, torch.float16],
                          ids=["nobias", "bias32", "biasbf16", "bias16"])
