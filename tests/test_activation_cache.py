@@ -70,13 +70,29 @@ def test_inference_tensors_are_not_cached(device):
     assert q.call_count == 2
 
 
-def test_cuda_graph_capture_quantizes_every_call(device):
-    """While a CUDA graph is captured every call quantizes (and nothing is stored): replays
-    of the graph then recompute the activation from the static input's new contents."""
+def test_reuse_only_within_one_capture(device):
+    """Entries are keyed by the stream-capture id (0 = eager): siblings share within one
+    CUDA-graph capture; an eager warm-up's entry never enters a capture, nor a capture's
+    entry another capture or a later eager call."""
     layers = _siblings("fp8", device)
     x = torch.randn(8, 64, device=device, dtype=torch.bfloat16)
-    layers[0](x)  # a warm-up leaves an entry for x
-    with mock.patch.object(activation_cache, "_capturing", return_value=True), \
+    layers[0](x)  # eager warm-up: an entry for x with capture id 0
+    with _count_quantizations() as q:
+        with mock.patch.object(activation_cache, "_capture_id", return_value=7):
+            layers[0](x)  # the capture must contain its own quantization
+            layers[1](x)  # sibling in the same capture: shared
+        with mock.patch.object(activation_cache, "_capture_id", return_value=8):
+            layers[2](x)  # another capture
+        layers[0](x)  # eager again
+    assert q.call_count == 3  # capture 7 once, capture 8 once, eager once
+
+
+def test_capture_without_id_quantizes_every_call(device):
+    """Capturing without solrl_kernels._C (no capture id): nothing is reused or stored."""
+    layers = _siblings("fp8", device)
+    x = torch.randn(8, 64, device=device, dtype=torch.bfloat16)
+    layers[0](x)
+    with mock.patch.object(activation_cache, "_capture_id", return_value=None), \
             _count_quantizations() as q:
         entry = activation_cache._STATE.entry
         layers[1](x)
@@ -104,8 +120,12 @@ def test_traced_graph_has_no_break(device):
 
 @pytest.mark.gpu
 def test_gpu_cuda_graph_replays_see_new_inputs():
-    """Warm up, capture q/k/v-like siblings in a CUDA graph, write a new input into the
-    static buffer, replay: the outputs equal eager calls on the new input."""
+    """Warm up, capture q/k/v-like siblings in a CUDA graph (they share one quantization when
+    solrl_kernels._C can read the capture id), write a new input into the static buffer,
+    replay: the outputs equal eager calls on the new input. A second graph on the same
+    static input gets its own quantization and replays right too."""
+    from solrl_kernels._backends import native_ops_available
+
     layers = _siblings("fp8", "cuda", K=256, N=128)
     static_x = torch.randn(64, 256, device="cuda", dtype=torch.bfloat16)
     stream = torch.cuda.Stream()
@@ -114,11 +134,17 @@ def test_gpu_cuda_graph_replays_see_new_inputs():
         for _ in range(2):
             [layer(static_x) for layer in layers]
     torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out = [layer(static_x) for layer in layers]
-    new = torch.randn_like(static_x)
-    static_x.copy_(new)
-    graph.replay()
-    for layer, out in zip(layers, static_out):
-        assert torch.equal(out, layer(new))
+    graph, graph2 = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+    with _count_quantizations() as q:
+        with torch.cuda.graph(graph):
+            static_out = [layer(static_x) for layer in layers]
+    assert q.call_count == (1 if native_ops_available() else 3)
+    with torch.cuda.graph(graph2):
+        static_out2 = [layer(static_x) for layer in layers[::-1]]
+    for replay, outs, order in ((graph.replay, static_out, layers),
+                                (graph2.replay, static_out2, layers[::-1])):
+        new = torch.randn_like(static_x)
+        static_x.copy_(new)
+        replay()
+        for layer, out in zip(order, outs):
+            assert torch.equal(out, layer(new))
