@@ -5,8 +5,10 @@ One program owns BLOCK_M whole rows and walks K in BLOCK_K chunks. Elements are 
 2j (low half) and 2j+1 (high half) — exactly the two nibbles of output byte j. No reshape,
 join or split (each a shared-memory layout shuffle) is needed:
 
-    words (BLOCK_M, NB, 8) --> even (BLOCK_M, NB, 8) fp32,  odd (BLOCK_M, NB, 8) fp32
+    words (BLOCK_M, NB, 2, 4) --> even, odd (BLOCK_M, NB, 2, 4) fp32 (a block's 8 pairs as
+    2 groups of 4: a group's 8 codes are one int32 of the packed layout)
     amax_blk = max(|even|, |odd|) over the 8 pairs of a 16-element block -> s_blk (E4M3)
+    (16-bit inputs: reduced as packed pairs, max.xorsign.abs.{bf16,f16}x2)
     byte = code(even) | code(odd) << 4          (the packed layout, element 2j low)
     int16 = e4m3(even) | e4m3(odd) << 8         (the E4M3 container, (R, K) bytes)
 
@@ -89,21 +91,111 @@ def _one_bit_step_up(s):
 
 
 @triton.jit
-def _e2m1_codes(y):
-    """fp32 y -> int32 e2m1 codes, RNE, saturating at +-6; sign bit from y's sign bit.
+def _exp_or_2(a, INTERPRET: tl.constexpr):
+    """int32 (bits(a) & 0x7F800000) | 2: one LOP3 with two constants (inline PTX; ptxas does
+    not merge the and/or of two immediates by itself)."""
+    if INTERPRET:
+        return (a.to(tl.int32, bitcast=True) & 0x7F800000) | 2
+    else:
+        return tl.inline_asm_elementwise(
+            "lop3.b32 $0, $1, 0x7F800000, 2, 0xEA;", "=r,r", [a],
+            dtype=tl.int32, is_pure=True, pack=1)
 
-    Rounds a = min(|y|, 6) as _e2m1_round_nonneg does, t = a + magic with magic =
-    1.5 * 2^(E+22), E = max(exponent of a, 0), and reads the code off the integer distance
-    t - magic: that many quanta 2^(E-1), and the code is quanta + 2E (0.5 -> 1, 1 -> 2, ...
-    4 -> 6, 6 -> 7; a rounding up into the next binade lands right too).
-    Equivalent to the threshold table of reference.float_to_e2m1 (tested exhaustively).
+
+@triton.jit
+def _e2m1_nibble(y, INTERPRET: tl.constexpr):
+    """fp32 y -> int32 t whose low 4 bits are the e2m1 magnitude index 0..7 (RNE, saturating
+    at 6; bit 3 clear), with garbage above them.
+
+    Rounds a = min(|y|, 6) to one mantissa bit by adding magic = 2^(E+22) + (256 + 2E) * q,
+    E = max(exponent of a, 0), q = 2^(E-1) the e2m1 quantum: magic's fp32 ulp is q and its
+    significand is even, so a + magic rounded to nearest even is magic + RNE(a / q) * q (at
+    most 4 quanta: t stays in magic's binade), and the low 23 bits of t are
+    256 + 2E + quanta = 256 + index (0.5 -> 1, 1 -> 2, ... 4 -> 6, 6 -> 7; a rounding up into
+    the next binade lands right too). magic is one exact fma: magic = k * 2^22, where
+    k = 2^E * (1 + (256 + 2E) * 2^-23) is built from the bits: e = (exponent field of
+    max(a, 1)) | 2, k = e + (e >> 22) (e >> 22 = 2 * (127 + E) = 254 + 2E).
     """
     a = tl.minimum(tl.abs(y), 6.0)
-    e = tl.maximum(a.to(tl.int32, bitcast=True) & 0x7F800000, 0x3F800000)
-    magic = e + ((22 << 23) | 0x400000)
-    quanta = (a + magic.to(tl.float32, bitcast=True)).to(tl.int32, bitcast=True) - magic
-    idx = quanta + ((e >> 22) - 254)
-    return idx | ((y.to(tl.int32, bitcast=True) >> 28) & 8)
+    e = tl.maximum(_exp_or_2(a, INTERPRET), 0x3F800002)
+    k = e + (e >> 22)
+    return tl.fma(k.to(tl.float32, bitcast=True), 4194304.0, a).to(tl.int32, bitcast=True)
+
+
+@triton.jit
+def _e2m1_codes(y):
+    """fp32 y -> int32 e2m1 codes, RNE, saturating at +-6; sign bit from y's sign bit.
+    Equivalent to the threshold table of reference.float_to_e2m1 (tested exhaustively)."""
+    return (_e2m1_nibble(y, True) & 7) | ((y.to(tl.int32, bitcast=True) >> 28) & 8)
+
+
+@triton.jit
+def _split4(x, BLOCK_M: tl.constexpr, NB: tl.constexpr):
+    """(BM, NB, 2, 4) -> its 4 slices along the last axis, each (BM, NB, 2) (in registers:
+    the last axis is within a thread)."""
+    a, b = tl.split(tl.reshape(x, (BLOCK_M, NB, 2, 2, 2)))  # a: j = 0, 2; b: j = 1, 3
+    x0, x2 = tl.split(a)
+    x1, x3 = tl.split(b)
+    return x0, x1, x2, x3
+
+
+_PACK_CODES_PTX = tl.constexpr("""{
+.reg .b32 w, u, v, p, q;
+shl.b32 w, $1, 28;
+shf.r.wrap.b32 w, w, $2, 4;
+shf.r.wrap.b32 w, w, $3, 4;
+shf.r.wrap.b32 w, w, $4, 4;
+shf.r.wrap.b32 w, w, $5, 4;
+shf.r.wrap.b32 w, w, $6, 4;
+shf.r.wrap.b32 w, w, $7, 4;
+shf.r.wrap.b32 w, w, $8, 4;
+prmt.b32 u, $9, $11, 0x00FB;
+prmt.b32 v, $13, $15, 0xFB00;
+prmt.b32 p, $10, $12, 0x00FB;
+prmt.b32 q, $14, $16, 0xFB00;
+lop3.b32 u, u, 0x0000FFFF, v, 0xE2;
+lop3.b32 p, p, 0x0000FFFF, q, 0xE2;
+lop3.b32 u, p, 0xF0F0F0F0, u, 0xE2;
+lop3.b32 $0, w, 0x88888888, u, 0xF8;
+}""")
+
+@triton.jit
+def _pack_codes(ye, yo, BLOCK_M: tl.constexpr, NB: tl.constexpr, PTX: tl.constexpr,
+                INTERPRET: tl.constexpr):
+    """(BM, NB, 2, 4) fp32 pairs y -> (BM, NB, 2) int32 words of 8 e2m1 codes each: the 4
+    pairs j of a group, element 2j in nibble 2j (the packed layout).
+
+    On the GPU one PTX block per word (_PACK_CODES_PTX):
+    - the magnitude indices (_e2m1_nibble) go in by funnel shifts, w = (w >> 4) | (t << 28)
+      (shf.r.wrap: only the low 4 bits of t enter, so its garbage costs no masking; the first
+      t is shifted to the top and the other 7 push it down to nibble 0);
+    - the 8 sign bits (bit 31 of each y) by prmt, whose selector nibbles 0xB / 0xF pick byte 3
+      of the first / second operand and replicate its sign bit over the byte:
+      u = bytes (se0, se1, ., .) from ye0, ye1 and v = (., ., se2, se3) from ye2, ye3, merged
+      (bit-select 0x0000FFFF) into the even signs (se0, se1, se2, se3); likewise the odd ones
+      (so0, ...); the bit-select 0xF0F0F0F0 of the two gives nibble 2j = se_j, 2j+1 = so_j;
+    - w | (signs & 0x88888888).
+    Elsewhere (PTX false: the interpreter, and kernels where the block's 16 live inputs would
+    cost registers) the same words come from plain integer operations.
+    """
+    te = _e2m1_nibble(ye, INTERPRET)
+    to = _e2m1_nibble(yo, INTERPRET)
+    e0, e1, e2, e3 = _split4(te, BLOCK_M, NB)
+    o0, o1, o2, o3 = _split4(to, BLOCK_M, NB)
+    ye0, ye1, ye2, ye3 = _split4(ye.to(tl.int32, bitcast=True), BLOCK_M, NB)
+    yo0, yo1, yo2, yo3 = _split4(yo.to(tl.int32, bitcast=True), BLOCK_M, NB)
+    if not PTX:
+        word = ((e0 & 15) | ((o0 & 15) << 4) | ((e1 & 15) << 8) | ((o1 & 15) << 12)
+                | ((e2 & 15) << 16) | ((o2 & 15) << 20) | ((e3 & 15) << 24) | (o3 << 28))
+        signs = (((ye0 >> 28) & 0x8) | ((yo0 >> 24) & 0x80) | ((ye1 >> 20) & 0x800)
+                 | ((yo1 >> 16) & 0x8000) | ((ye2 >> 12) & 0x80000) | ((yo2 >> 8) & 0x800000)
+                 | ((ye3 >> 4) & 0x8000000) | (yo3 & -0x80000000))
+        return word | signs
+    else:
+        return tl.inline_asm_elementwise(
+            _PACK_CODES_PTX, "=r" + ",r" * 16,
+            [e0, o0, e1, o1, e2, o2, e3, o3, ye0, yo0, ye1, yo1, ye2, yo2, ye3, yo3],
+            dtype=tl.int32, is_pure=True, pack=1)
 
 
 @triton.jit
@@ -155,18 +247,58 @@ def _split_pairs(w, IN_KIND: tl.constexpr):
 
 
 @triton.jit
-def _block_amax(xe, xo):
-    """(BM, NB, 8) element pairs -> (BM, NB) amax of each 16-element block."""
-    return tl.max(tl.maximum(tl.abs(xe), tl.abs(xo)), axis=2)
+def _absmax_bf16x2(a, b):
+    """Per 16-bit half: the larger magnitude (its sign bit is garbage: xorsign)."""
+    return tl.inline_asm_elementwise(
+        "max.xorsign.abs.bf16x2 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.int32, is_pure=True,
+        pack=1)
+
+
+@triton.jit
+def _absmax_f16x2(a, b):
+    return tl.inline_asm_elementwise(
+        "max.xorsign.abs.f16x2 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.int32, is_pure=True,
+        pack=1)
+
+
+@triton.jit
+def _absmax_16x2_int(a, b):
+    """The interpreter's _absmax_*x2: for finite (or infinite) 16-bit floats the order of the
+    magnitudes is the integer order of their bits without the sign."""
+    lo = tl.maximum(a & 0x7FFF, b & 0x7FFF)
+    hi = tl.maximum((a >> 16) & 0x7FFF, (b >> 16) & 0x7FFF)
+    return lo | (hi << 16)
+
+
+@triton.jit
+def _block_amax(w, IN_KIND: tl.constexpr, INTERPRET: tl.constexpr):
+    """(BM, NB, 2, 4) input words -> (BM, NB) fp32 amax of each 16-element block.
+
+    16-bit inputs reduce the words as packed pairs (max.xorsign.abs.{bf16,f16}x2: one
+    instruction per word, no split), then take the larger half; max is exact, so the result
+    is the same fp32 value as the max over the split elements."""
+    if IN_KIND == 2:
+        xe, xo = _split_pairs(w, IN_KIND)
+        amax = tl.max(tl.max(tl.maximum(tl.abs(xe), tl.abs(xo)), axis=3), axis=2)
+    else:
+        if INTERPRET:
+            m = tl.reduce(tl.reduce(w, 3, _absmax_16x2_int), 2, _absmax_16x2_int)
+        elif IN_KIND == 0:
+            m = tl.reduce(tl.reduce(w, 3, _absmax_bf16x2), 2, _absmax_bf16x2)
+        else:
+            m = tl.reduce(tl.reduce(w, 3, _absmax_f16x2), 2, _absmax_f16x2)
+        lo, hi = _split_pairs(m, IN_KIND)
+        amax = tl.maximum(tl.abs(lo), tl.abs(hi))
+    return amax
 
 
 @triton.jit
 def _pair_sse(xe, xo, re, ro, total):
     """Per-block squared error of e2m1 values (re, ro) * total against (xe, xo)."""
-    t = total[:, :, None]
+    t = total[:, :, None, None]
     de = xe - re * t
     do = xo - ro * t
-    return tl.sum(de * de + do * do, axis=2)
+    return tl.sum(tl.sum(de * de + do * do, axis=3), axis=2)
 
 
 @triton.jit
@@ -214,21 +346,43 @@ def _fp8_pairs(ve, vo, INTERPRET: tl.constexpr):
 
 
 @triton.jit
+def _grid_reciprocals(gs):
+    """Per row: RN(1 / gs) and RN(1 / RN(1.5 * gs)), the reciprocals of the total scales
+    s * gs of the two mantissas s of the fp8_exact grid {1, 1.5} * 2^e (see _grid_inverse)."""
+    return tl.math.div_rn(1.0, gs), tl.math.div_rn(1.0, gs * 1.5)
+
+
+@triton.jit
+def _grid_inverse(s, r1, r15):
+    """RN(1 / RN(s * gs)) for block scales s in {1, 1.5} * 2^e, e in [-7, 6], from the row's
+    _grid_reciprocals, without a division: RN(s * gs) = RN(m * gs) * 2^e and
+    RN(1 / (t * 2^e)) = RN(1 / t) * 2^-e exactly while no value involved is subnormal or
+    infinite, which holds for a computed global scale (gs in [2^-116, 2^119.5]: every total
+    is within [2^-123, 2^125.5]). 2^-e is applied to the bits of the exponent field."""
+    sb = s.to(tl.int32, bitcast=True)
+    r = tl.where((sb & 0x400000) != 0, r15[:, None], r1[:, None]).to(tl.int32, bitcast=True)
+    return (r - (sb & 0x7F800000) + 0x3F800000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _quantize_chunk(
-    xe, xo, amax_blk, gs, k0, K, rows64, row_ok, data_ptr, scales_ptr, fp8_ptr,
-    FP8_EXACT: tl.constexpr, SEARCH: tl.constexpr,
+    w, amax_blk, gs, r1, r15, k0, K, rows64, row_ok, data_ptr, scales_ptr, fp8_ptr,
+    IN_KIND: tl.constexpr, FP8_EXACT: tl.constexpr, SEARCH: tl.constexpr,
+    GRID_INV: tl.constexpr, PACK_PTX: tl.constexpr,
     BLOCKED: tl.constexpr, WRITE_PACKED: tl.constexpr, WRITE_FP8: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, INTERPRET: tl.constexpr,
 ):
-    """Quantize one (BLOCK_M, BLOCK_K) chunk, given as its element pairs (even, odd; each
-    (BLOCK_M, NB, 8) fp32) with its block amax (BLOCK_M, NB), and store it."""
+    """Quantize one (BLOCK_M, BLOCK_K) chunk, given as its input words w (BLOCK_M, NB, 2, 4)
+    with its block amax (BLOCK_M, NB), and store it (the words are split into elements here,
+    after the block scales)."""
     NB: tl.constexpr = BLOCK_K // 16
     KW = K // 2
     n_scale_cols = K // 16
     blk = tl.arange(0, NB)
+    xe, xo = _split_pairs(w, IN_KIND)
     wcol = k0 // 2 + _chunk_word_offsets(NB)
-    row3 = rows64[:, None, None]
-    m = row_ok[:, None, None] & (wcol < KW)
+    row3 = rows64[:, None, None, None]
+    m = row_ok[:, None, None, None] & (wcol < KW)
     s_ideal = tl.math.div_rn(tl.math.div_rn(amax_blk, F4_E2M1_MAX), gs[:, None])
     if FP8_EXACT:
         s = tl.minimum(tl.maximum(_round_up_one_bit(s_ideal), FP8_EXACT_SCALE_MIN),
@@ -236,9 +390,12 @@ def _quantize_chunk(
     else:
         s = _e4m3_rn(tl.minimum(tl.maximum(s_ideal, E4M3_MIN_SUBNORMAL), F8E4M3_MAX))
     total = s * gs[:, None]
-    inv = tl.math.div_rn(1.0, total)
-    ye = xe * inv[:, :, None]
-    yo = xo * inv[:, :, None]
+    if GRID_INV:
+        inv = _grid_inverse(s, r1, r15)
+    else:
+        inv = tl.math.div_rn(1.0, total)
+    ye = xe * inv[:, :, None, None]
+    yo = xo * inv[:, :, None, None]
     if SEARCH:  # try the next smaller and larger scales; keep the least squared error
         re = _e2m1_round(ye)
         ro = _e2m1_round(yo)
@@ -250,23 +407,34 @@ def _quantize_chunk(
             else:
                 cand = tl.minimum(_one_bit_step_up(s_up), FP8_EXACT_SCALE_MAX)
             c_total = cand * gs[:, None]
-            c_inv = tl.math.div_rn(1.0, c_total)
-            c_ye = xe * c_inv[:, :, None]
-            c_yo = xo * c_inv[:, :, None]
+            if GRID_INV:
+                c_inv = _grid_inverse(cand, r1, r15)
+            else:
+                c_inv = tl.math.div_rn(1.0, c_total)
+            c_ye = xe * c_inv[:, :, None, None]
+            c_yo = xo * c_inv[:, :, None, None]
             c_re = _e2m1_round(c_ye)
             c_ro = _e2m1_round(c_yo)
             err = _pair_sse(xe, xo, c_re, c_ro, c_total)
             better = err < best
             s = tl.where(better, cand, s)
-            b3 = better[:, :, None]
+            b3 = better[:, :, None, None]
             ye = tl.where(b3, c_ye, ye)
             yo = tl.where(b3, c_yo, yo)
             re = tl.where(b3, c_re, re)
             ro = tl.where(b3, c_ro, ro)
             best = tl.where(better, err, best)
     if WRITE_PACKED:
-        packed = (_e2m1_codes(ye) | (_e2m1_codes(yo) << 4)).to(tl.uint8)
-        tl.store(data_ptr + row3 * KW + wcol, packed, mask=m)
+        if IN_KIND == 2:  # int64 words: a group of 4 pairs spans threads; one byte per pair
+            ce = _e2m1_nibble(ye, INTERPRET) & 7 | ((ye.to(tl.int32, bitcast=True) >> 28) & 8)
+            co = _e2m1_nibble(yo, INTERPRET) & 7 | ((yo.to(tl.int32, bitcast=True) >> 28) & 8)
+            tl.store(data_ptr + row3 * KW + wcol, (ce | (co << 4)).to(tl.uint8), mask=m)
+        else:
+            word = _pack_codes(ye, yo, BLOCK_M, NB, PACK_PTX, INTERPRET)
+            wcol4 = (k0 // 8 + tl.arange(0, NB)[None, :, None] * 2
+                     + tl.arange(0, 2)[None, None, :])
+            tl.store(data_ptr + rows64[:, None, None] * (K // 8) + wcol4, word,
+                     mask=row_ok[:, None, None] & (wcol4 < K // 8))
         scols = k0 // 16 + blk
         soffs = _scale_offsets(rows64[:, None], scols[None, :], (n_scale_cols + 3) // 4,
                                BLOCKED, n_scale_cols)
@@ -276,14 +444,21 @@ def _quantize_chunk(
         if not SEARCH:
             re = _e2m1_round(ye)
             ro = _e2m1_round(yo)
-        s3 = s[:, :, None]
-        tl.store(fp8_ptr + row3 * KW + wcol, _fp8_pairs(re * s3, ro * s3, INTERPRET), mask=m)
+        s3 = s[:, :, None, None]
+        # stored as (BM, NB, 8): a block's 8 pairs are 16 contiguous bytes (one STG.128; the
+        # (.., 2, 4) tile would give two 8-byte stores)
+        pairs = tl.reshape(_fp8_pairs(re * s3, ro * s3, INTERPRET), (BLOCK_M, NB, 8))
+        wcol8 = k0 // 2 + tl.arange(0, NB)[None, :, None] * 8 + tl.arange(0, 8)[None, None, :]
+        tl.store(fp8_ptr + rows64[:, None, None] * KW + wcol8, pairs,
+                 mask=row_ok[:, None, None] & (wcol8 < KW))
 
 
 @triton.jit
 def _chunk_word_offsets(NB: tl.constexpr):
-    """Word offsets (1, NB, 8) of a chunk's 16-element blocks, relative to its first word."""
-    return tl.arange(0, NB)[None, :, None] * 8 + tl.arange(0, 8)[None, None, :]
+    """Word offsets (1, NB, 2, 4) of a chunk's 16-element blocks, relative to its first word
+    (a block's 8 words as 2 x 4: each group of 4 words packs into one int32 of codes)."""
+    return (tl.arange(0, NB)[None, :, None, None] * 8 + tl.arange(0, 2)[None, None, :, None] * 4
+            + tl.arange(0, 4)[None, None, None, :])
 
 
 @triton.jit
@@ -308,21 +483,31 @@ def nvfp4_quantize_kernel(
     row_ok = rows < R
     rows64 = rows.to(tl.int64)
     KW = K // 2  # words per row
+    # fp8_exact search with the global scale computed here: the 3 block reciprocals without
+    # a division (2 per row instead; not worth it for 1 per block)
+    GRID_INV: tl.constexpr = FP8_EXACT and COMPUTE_GS and SEARCH
+    # the packing's PTX block (fewest instructions) where it costs no registers (measured
+    # with ptxas for sm_90; a one-chunk row with a given scale took 48 -> 54 registers at
+    # K = 8192, one CTA of 256 threads less per SM)
+    PACK_PTX: tl.constexpr = (COMPUTE_GS or not ONE_TILE) and not INTERPRET
     woffs = _chunk_word_offsets(BLOCK_K // 16)
-    wrow = xw_ptr + rows64[:, None, None] * stride_w
-    rowok3 = row_ok[:, None, None]
+    wrow = xw_ptr + rows64[:, None, None, None] * stride_w
+    rowok3 = row_ok[:, None, None, None]
 
     if ONE_TILE:  # one chunk per row: load once, amax and quantize from registers
         w = tl.load(wrow + woffs, mask=rowok3 & (woffs < KW), other=0)
-        xe, xo = _split_pairs(w, IN_KIND)
-        amax_blk = _block_amax(xe, xo)
+        amax_blk = _block_amax(w, IN_KIND, INTERPRET)
         if COMPUTE_GS:
             gs = _row_global_scale(tl.max(amax_blk, axis=1), FP8_EXACT)
             tl.store(gs_ptr + rows, gs, mask=row_ok)
         else:
             gs = _load_global_scale(gs_ptr, rows, row_ok, GS_PER_ROW, BLOCK_M)
-        _quantize_chunk(xe, xo, amax_blk, gs, 0, K, rows64, row_ok, data_ptr, scales_ptr,
-                        fp8_ptr, FP8_EXACT, SEARCH, BLOCKED, WRITE_PACKED, WRITE_FP8,
+        r1, r15 = gs, gs
+        if GRID_INV:
+            r1, r15 = _grid_reciprocals(gs)
+        _quantize_chunk(w, amax_blk, gs, r1, r15, 0, K, rows64, row_ok, data_ptr, scales_ptr,
+                        fp8_ptr, IN_KIND, FP8_EXACT, SEARCH, GRID_INV, PACK_PTX, BLOCKED,
+                        WRITE_PACKED, WRITE_FP8,
                         BLOCK_M, BLOCK_K, INTERPRET)
     else:
         if COMPUTE_GS:  # first walk: row amax (the second walk re-reads the rows from L2)
@@ -330,20 +515,22 @@ def nvfp4_quantize_kernel(
             for k0 in range(0, K, BLOCK_K):
                 wcol = k0 // 2 + woffs
                 w = tl.load(wrow + wcol, mask=rowok3 & (wcol < KW), other=0)
-                xe, xo = _split_pairs(w, IN_KIND)
-                amax_blk = _block_amax(xe, xo)
+                amax_blk = _block_amax(w, IN_KIND, INTERPRET)
                 amax_row = tl.maximum(amax_row, tl.max(amax_blk, axis=1))
             gs = _row_global_scale(amax_row, FP8_EXACT)
             tl.store(gs_ptr + rows, gs, mask=row_ok)
         else:
             gs = _load_global_scale(gs_ptr, rows, row_ok, GS_PER_ROW, BLOCK_M)
+        r1, r15 = gs, gs
+        if GRID_INV:
+            r1, r15 = _grid_reciprocals(gs)
         for k0 in range(0, K, BLOCK_K):
             wcol = k0 // 2 + woffs
             w = tl.load(wrow + wcol, mask=rowok3 & (wcol < KW), other=0)
-            xe, xo = _split_pairs(w, IN_KIND)
-            amax_blk = _block_amax(xe, xo)
-            _quantize_chunk(xe, xo, amax_blk, gs, k0, K, rows64, row_ok, data_ptr,
-                            scales_ptr, fp8_ptr, FP8_EXACT, SEARCH, BLOCKED, WRITE_PACKED,
+            amax_blk = _block_amax(w, IN_KIND, INTERPRET)
+            _quantize_chunk(w, amax_blk, gs, r1, r15, k0, K, rows64, row_ok, data_ptr,
+                            scales_ptr, fp8_ptr, IN_KIND, FP8_EXACT, SEARCH, GRID_INV,
+                            PACK_PTX, BLOCKED, WRITE_PACKED,
                             WRITE_FP8, BLOCK_M, BLOCK_K, INTERPRET)
 
 

@@ -93,9 +93,11 @@ def nvfp4_quantize(
         return data, scales, gs_out.fill_(1.0), fp8
     block_m, block_k, warps = _tiles(K)
     xw = _as_words(x)
+    # 16-bit inputs store the codes as int32 words of 8 (kernels._pack_codes), fp32 as bytes
+    data_w = data.view(torch.int32) if write_packed and x.dtype != torch.float32 else data
     launch(
         kernels.nvfp4_quantize_kernel, (triton.cdiv(R, block_m),),
-        xw, data, scales, gs_out if compute_gs else global_scale, fp8.view(torch.int16),
+        xw, data_w, scales, gs_out if compute_gs else global_scale, fp8.view(torch.int16),
         R, K, xw.stride(0),
         IN_KIND=_KIND[x.dtype], FP8_EXACT=fp8_exact, SEARCH=scale_search, GS_PER_ROW=per_row,
         COMPUTE_GS=compute_gs, BLOCKED=blocked, WRITE_PACKED=write_packed, WRITE_FP8=write_fp8,
