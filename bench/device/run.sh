@@ -5,8 +5,12 @@
 #   ktests       GPU tests of the Triton kernels only (quantize, attention, self-check; no build)
 #   quant        quantization benchmark (GPU time by CUDA-graph replay)     (~0.5 min)
 #   quant-sweep  quantization tile sweep, two shapes                        (~1 min)
-#   gemm         SASS check + nvfp4_linear benchmark vs cuBLAS BF16 / FP8   (~6 min)
+#   gemm         SASS check + nvfp4_linear benchmark vs cuBLAS BF16 / FP8 (~3 min), host profile
+#   block        a FLUX.1 single-stream block's 5 linears, NVFP4 (activation reuse on/off) vs BF16
+#   host         where an eager nvfp4_linear call spends its host time (bench/host_profile.py)
 #   gemm-sweep   CUTLASS FP8 GEMM sweep vs cuBLAS (bench/native_gemm_sweep.py)
+#   gemm-tune    CUTLASS FP8 GEMM sweep: tile x swizzle x raster (~3 min); GEMM_TUNE_ARGS="--what
+#                promotion" sweeps the fp32 promotion interval instead
 #   attn         attention benchmark vs cuDNN / FLASH SDPA
 #   attn-sweep   attention correctness + kernel-config sweep
 #   toy          driver GPU tests + the toy-gpu Sol-RL run
@@ -16,7 +20,7 @@
 # Then copy $OUT/results.json over bench/results.json (records replace older ones by key) and
 # unpack $OUT/logs.tgz (a device call returns at most ~8 files: everything else is archived).
 set -uo pipefail
-PARTS="tests ktests quant quant-sweep gemm gemm-sweep attn attn-sweep toy pretrain"
+PARTS="tests ktests quant quant-sweep gemm gemm-sweep gemm-tune block host attn attn-sweep toy pretrain"
 [ $# -gt 0 ] || set -- help
 for p in "$@"; do
   case " $PARTS " in *" $p "*) ;; *) echo "usage: $0 PART [PART ...], PART in: $PARTS"; exit 2 ;; esac
@@ -69,10 +73,21 @@ part() {
     build
     cuobjdump --dump-sass solrl_kernels/_C*.so | grep -oE "QGMMA[.A-Z0-9x]*" | sort | uniq -c | tee "$OUT/sass.txt"
     timeout 420 python3 -m pytest -q -p no:cacheprovider bench/test_bench_gemm.py --benchmark-enable -s \
-      2>&1 | tee "$OUT/gemm_bench.log" | tail -40 ;;
+      2>&1 | tee "$OUT/gemm_bench.log" | tail -40
+    timeout 90 python3 bench/host_profile.py > "$OUT/host_profile.txt" 2>&1
+    grep -E "us/call" "$OUT/host_profile.txt" ;;
+  block)
+    timeout 120 python3 -m pytest -q -p no:cacheprovider bench/test_bench_block.py --benchmark-enable -s \
+      2>&1 | tee "$OUT/block_bench.log" | grep -E "FLUX|passed|failed|Error" ;;
+  host)
+    timeout 90 python3 bench/host_profile.py > "$OUT/host_profile.txt" 2>&1
+    grep -E "us/call|Error" "$OUT/host_profile.txt" ;;
   gemm-sweep)
     build
     timeout 280 python3 bench/native_gemm_sweep.py 2>&1 | tee "$OUT/native_gemm.log" | tail -25 ;;
+  gemm-tune)
+    build
+    timeout 300 python3 bench/gemm_schedule_sweep.py ${GEMM_TUNE_ARGS:-} 2>&1 | tee "$OUT/gemm_tune.log" | tail -60 ;;
   attn)
     timeout 240 python3 -m pytest -q -p no:cacheprovider bench/test_bench_attention.py --benchmark-enable -s \
       2>&1 | tee "$OUT/attention_bench.log" | tail -30 ;;
