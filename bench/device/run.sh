@@ -7,6 +7,7 @@
 #   quant-sweep  quantization tile sweep, two shapes                        (~1 min)
 #   gemm         SASS check + nvfp4_linear benchmark vs cuBLAS BF16 / FP8 (~3 min), host profile
 #   block        a FLUX.1 single-stream block's 5 linears, NVFP4 (activation reuse on/off) vs BF16
+#   transformer  FLUX.1 / SD3.5-L / SANA forward at real widths (few blocks): BF16 vs rollout_mode
 #   host         where an eager nvfp4_linear call spends its host time (bench/host_profile.py)
 #   gemm-sweep   CUTLASS FP8 GEMM sweep vs cuBLAS (bench/native_gemm_sweep.py)
 #   gemm-tune    CUTLASS FP8 GEMM sweep: tile x swizzle x raster (~3 min); GEMM_TUNE_ARGS="--what
@@ -20,7 +21,7 @@
 # Then copy $OUT/results.json over bench/results.json (records replace older ones by key) and
 # unpack $OUT/logs.tgz (a device call returns at most ~8 files: everything else is archived).
 set -uo pipefail
-PARTS="tests ktests quant quant-sweep gemm gemm-sweep gemm-tune block host attn attn-sweep toy pretrain"
+PARTS="tests ktests quant quant-sweep gemm gemm-sweep gemm-tune block transformer host attn attn-sweep toy pretrain"
 [ $# -gt 0 ] || set -- help
 for p in "$@"; do
   case " $PARTS " in *" $p "*) ;; *) echo "usage: $0 PART [PART ...], PART in: $PARTS"; exit 2 ;; esac
@@ -79,6 +80,9 @@ part() {
   block)
     timeout 120 python3 -m pytest -q -p no:cacheprovider bench/test_bench_block.py --benchmark-enable -s \
       2>&1 | tee "$OUT/block_bench.log" | grep -E "FLUX|passed|failed|Error" ;;
+  transformer)
+    timeout 240 python3 -m pytest -q -p no:cacheprovider bench/test_bench_transformer.py --benchmark-enable -s \
+      2>&1 | tee "$OUT/transformer_bench.log" | grep -E "blocks|passed|failed|Error" ;;
   host)
     timeout 90 python3 bench/host_profile.py > "$OUT/host_profile.txt" 2>&1
     grep -E "us/call|Error" "$OUT/host_profile.txt" ;;

@@ -1,0 +1,124 @@
+"""Whole transformer forward passes at real widths: BF16 vs rollout_mode (GPU).
+
+    pytest bench/test_bench_transformer.py -m gpu -s -p no:cacheprovider
+
+The rollout question is how much faster one denoising step runs, not one GEMM. Each case
+builds a diffusers transformer with the published widths of FLUX.1-dev, SD3.5-Large or
+SANA-1.6B but only a few blocks (random bf16 weights; the blocks of a model are identical,
+so time per block is what transfers; the full depth is in BLOCKS), feeds it one 1024 px
+sample, and times ``transformer(**inputs)`` under torch.no_grad by CUDA-graph replay
+(bench/timing.py) in four configurations, all in the same run:
+  * bf16:              the model as built (cuBLAS GEMMs, SDPA attention)     (baseline)
+  * nvfp4:             rollout_mode(linear="nvfp4")  (FP8-exact NVFP4 linears, "fp8" storage)
+  * nvfp4+attn-fp8:    ... attention="fp8"
+  * nvfp4+attn-pv:     ... attention="nvfp4_pv"
+Ratios are speed against bf16. Figures go to bench/results.json through record().
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from timing import gpu_ms
+
+from solrl_kernels.nn import rollout_mode
+
+diffusers = pytest.importorskip("diffusers")
+
+MODES = {"nvfp4": dict(linear="nvfp4"),
+         "nvfp4+attn-fp8": dict(linear="nvfp4", attention="fp8"),
+         "nvfp4+attn-pv": dict(linear="nvfp4", attention="nvfp4_pv")}
+BLOCKS = {"flux1-dev": 19 + 38, "sd35-large": 38, "sana-1.6b": 20}  # full depth, for the log
+
+
+def flux1_dev(layers: tuple[int, int] = (2, 4), image_tokens: int = 4096,
+              text_tokens: int = 512, batch: int = 1):
+    """FLUX.1-dev widths (hidden 3072 = 24 x 128, MLP 12288, T5 4096, CLIP 768)."""
+    m = diffusers.FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=layers[0], num_single_layers=layers[1],
+        attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
+        pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56))
+    side = int(image_tokens ** 0.5)
+    ids = torch.zeros(side, side, 3)
+    ids[..., 1] = torch.arange(side)[:, None]
+    ids[..., 2] = torch.arange(side)[None, :]
+    inputs = dict(
+        hidden_states=torch.randn(batch, image_tokens, 64),
+        encoder_hidden_states=torch.randn(batch, text_tokens, 4096),
+        pooled_projections=torch.randn(batch, 768), timestep=torch.full((batch,), 0.5),
+        img_ids=ids.reshape(-1, 3), txt_ids=torch.zeros(text_tokens, 3),
+        guidance=torch.full((batch,), 3.5))
+    return m, inputs
+
+
+def sd35_large(layers: int = 4, latent: int = 128, text_tokens: int = 333, batch: int = 1):
+    """SD3.5-Large widths (hidden 2432 = 38 x 64, MLP 9728, joint dim 4096, pooled 2048)."""
+    m = diffusers.SD3Transformer2DModel(
+        sample_size=latent, patch_size=2, in_channels=16, num_layers=layers,
+        attention_head_dim=64, num_attention_heads=38, joint_attention_dim=4096,
+        caption_projection_dim=2432, pooled_projection_dim=2048, out_channels=16,
+        pos_embed_max_size=192, qk_norm="rms_norm")
+    inputs = dict(hidden_states=torch.randn(batch, 16, latent, latent),
+                  encoder_hidden_states=torch.randn(batch, text_tokens, 4096),
+                  pooled_projections=torch.randn(batch, 2048),
+                  timestep=torch.full((batch,), 500.0))
+    return m, inputs
+
+
+def sana_1600m(layers: int = 4, latent: int = 32, text_tokens: int = 300, batch: int = 1):
+    """SANA-1.6B widths (hidden 2240 = 70 x 32, MLP 5600, cross-attention 20 x 112, Gemma 2304)."""
+    m = diffusers.SanaTransformer2DModel(
+        in_channels=32, out_channels=32, num_attention_heads=70, attention_head_dim=32,
+        num_layers=layers, num_cross_attention_heads=20, cross_attention_head_dim=112,
+        cross_attention_dim=2240, caption_channels=2304, mlp_ratio=2.5, sample_size=latent,
+        patch_size=1)
+    inputs = dict(hidden_states=torch.randn(batch, 32, latent, latent),
+                  encoder_hidden_states=torch.randn(batch, text_tokens, 2304),
+                  timestep=torch.full((batch,), 500.0))
+    return m, inputs
+
+
+BUILDERS = {"flux1-dev": flux1_dev, "sd35-large": sd35_large, "sana-1.6b": sana_1600m}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("model_name", list(BUILDERS))
+def test_bench_transformer_forward(benchmark, model_name):
+    from record import record
+
+    torch.manual_seed(0)
+    torch.cuda.empty_cache()
+    model, inputs = BUILDERS[model_name]()
+    model = model.to("cuda", torch.bfloat16).eval()
+    inputs = {k: v.to("cuda", torch.bfloat16 if v.is_floating_point() else v.dtype)
+              for k, v in inputs.items()}
+    n_blocks = sum(len(getattr(model, n)) for n in ("transformer_blocks",
+                                                      "single_transformer_blocks")
+                   if hasattr(model, n))
+
+    def forward():
+        return model(**inputs, return_dict=False)[0]
+
+    with torch.no_grad():
+        ref = forward().float()
+        times = {"bf16": gpu_ms(forward, 100)[0]}
+        errs, swapped = {}, {}
+        for mode, kwargs in MODES.items():
+            with rollout_mode(model, **kwargs) as report:
+                out = forward().float()
+                assert torch.isfinite(out).all(), mode
+                swapped[mode] = len(report.swapped)
+                errs[mode] = float((out - ref).norm() / ref.norm())
+                times[mode] = gpu_ms(forward, 100)[0]
+        benchmark.pedantic(forward, rounds=1, iterations=1)
+    line = ", ".join(f"{m} {t:.2f} ms ({times['bf16'] / t:.2f}x, rel. diff {errs[m]:.3f})"
+                     for m, t in times.items() if m != "bf16")
+    print(f"\n{model_name}, {n_blocks} blocks (full model: {BLOCKS[model_name]}): bf16 "
+          f"{times['bf16']:.2f} ms; {line}")
+    for mode, t in times.items():
+        if mode != "bf16":
+            record(f"transformer/{model_name}[{mode}]", "forward ms", t, "bf16 forward",
+                   times["bf16"], higher_is_better=False, blocks=n_blocks,
+                   full_depth=BLOCKS[model_name], layers_swapped=swapped[mode],
+                   rel_diff_vs_bf16=errs[mode], timing="cuda_graph")
+    assert all(n > 0 for n in swapped.values()), swapped
