@@ -45,7 +45,7 @@ def main():
     cases = {
         "copy": (lambda: y.copy_(x), 4 * n),
         "rn given": (lambda: nvfp4.quantize(x, "rn", global_scale=gs, check_finite=False), packed),
-        "rn given, op only": (lambda: ops.nvfp4_quantize(x, gs, False, False, False, False, False,
+        "rn given, op only": (lambda: ops.nvfp4_quantize_op(x, gs, False, False, False, False, False,
                                                          True, False), packed),
         "fp8 container row": (lambda: nvfp4.quantize_to_fp8(x, granularity="row"), 3 * n),
     }

@@ -3,7 +3,7 @@ from GPU time (CUDA-graph replay: bench/timing.py).
 
     python bench/quantize_sweep.py [--shapes 8192x8192 16384x5120 ...] [--rep 30]
 
-Each variant runs the real op (solrl_kernels.nvfp4.ops.nvfp4_quantize) with its tile choice
+Each variant runs the real op (solrl_kernels.nvfp4.ops.nvfp4_quantize_op) with its tile choice
 (ops._tiles) replaced by the variant's (BLOCK_M, BLOCK_K, num_warps); the line marked
 "default" is what ops._tiles picks. Variants give each thread 1 or 2 16-element blocks
 in chunks no longer than the row's next power of two.
@@ -48,7 +48,7 @@ def sweep(R: int, K: int, rep: int) -> None:
         default = ops._tiles(K)
 
         def fn(packed=packed, compute=compute):
-            return ops.nvfp4_quantize(x, gs, True, False, True, compute, False, packed, not packed)
+            return ops.nvfp4_quantize_op(x, gs, True, False, True, compute, False, packed, not packed)
 
         nbytes = 2 * n + (n // 2 + n // 16 if packed else n)
         for t in dict.fromkeys([default, *_variants(K)]):

@@ -83,6 +83,28 @@ def cuda_capability() -> tuple[int, int] | None:
     return torch.cuda.get_device_capability() if torch.cuda.is_available() else None
 
 
+def plain_eager(*tensors: torch.Tensor | None) -> bool:
+    """True when a Python torch.library op of ours may be skipped and its implementation
+    called directly, with the same result: eager mode (not torch.compile / export tracing),
+    no Python dispatch or torch-function mode active (FakeTensorMode, functionalization,
+    make_fx), plain tensors (or Parameters), none of which needs autograd history. What it
+    saves is the custom-op dispatcher's host time on every call; under tracing the op (with
+    its fake implementation) is what must be seen."""
+    if torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled():
+        return False
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    if _get_current_dispatch_mode() is not None:
+        return False
+    grad = torch.is_grad_enabled()
+    for t in tensors:
+        if t is None:
+            continue
+        if type(t) not in (torch.Tensor, torch.nn.Parameter) or (grad and t.requires_grad):
+            return False
+    return True
+
+
 def cuda_fp8_capable(device: torch.device) -> bool:
     """A CUDA device with FP8 (E4M3) support, sm_89 or newer (Ada, Hopper, Blackwell): what
     our Triton kernels need (FP8 conversions, FP8 tensor cores)."""

@@ -314,6 +314,37 @@ def test_quantize_op_traces_under_compile():
         assert fp8.shape == (10, 64) and fp8.dtype == torch.float8_e4m3fn
 
 
+def test_plain_eager_decides_when_the_dispatcher_may_be_skipped():
+    """_backends.plain_eager: the ops' Python code may run directly only in plain eager mode;
+    tracing (fake tensors, torch.compile), tensor subclasses and autograd need the op."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from solrl_kernels._backends import plain_eager
+
+    x = torch.randn(4, 32)
+    assert plain_eager(x, None, torch.nn.Parameter(x.clone(), requires_grad=False))
+    assert not plain_eager(x.requires_grad_())
+    with torch.no_grad():
+        assert plain_eager(x)
+    with FakeTensorMode():
+        assert not plain_eager(torch.empty(4, 32))
+    seen = []
+    torch.compile(lambda t: seen.append(plain_eager(t)) or t + 1, backend="eager",
+                  fullgraph=True)(torch.randn(3))
+    assert seen == [False]
+
+
+def test_api_under_fake_tensors_takes_the_op():
+    """nvfp4.quantize_to_fp8 on fake tensors propagates shapes through the op's fake
+    implementation (the eager shortcut would launch the kernel on fake data)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        values, gs = nvfp4.quantize_to_fp8(torch.empty(6, 64), backend="triton")
+    assert values.shape == (6, 64) and values.dtype == torch.float8_e4m3fn
+    assert gs.shape == (6, 1)
+
+
 def test_triton_e2m1_codes_exhaustive(device):
     """The kernel's bit-trick e2m1 roundings (to codes, and to values) == the reference
     threshold table on a dense grid of values including every rounding boundary and its fp32

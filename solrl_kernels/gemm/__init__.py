@@ -36,10 +36,11 @@ from .._backends import (
     cuda_fp8_capable,
     native_ops_available,
     native_unavailable_reason,
+    plain_eager,
     triton_available,
 )
 from ..nvfp4.tensor import NVFP4Tensor
-from . import ops
+from . import ops, triton_launch
 from .activation_cache import quantize_activation, set_activation_reuse
 from .reference import (
     ACTIVATIONS,
@@ -274,6 +275,8 @@ def _linear_fp8_storage(x, x2, w: FP8Weight, bias, activation, out_dtype, name):
             out_dtype)
     if name == "native":
         return torch.ops.solrl_kernels.fp8_gemm_sm90(*args)
+    if name == "triton" and plain_eager(*args[:5]):  # the op's code, without the dispatcher
+        return triton_launch.fp8_gemm(*args)
     return getattr(ops, f"fp8_gemm_{name}")(*args)
 
 
@@ -291,7 +294,10 @@ def _linear_packed(x, x2, w: NVFP4Tensor, bias, activation, out_dtype, name):
 
         return ops.fp8_gemm_cublas(a, expand_nvfp4(w.data, w.scales), sa, sb, bias, activation,
                                    out_dtype)
-    return ops.nvfp4_gemm_packed_triton(a, w.data, w.scales, sa, sb, bias, activation, out_dtype)
+    args = (a, w.data, w.scales, sa, sb, bias, activation, out_dtype)
+    if plain_eager(*args[:6]):  # the op's code, without the dispatcher
+        return triton_launch.nvfp4_gemm_packed(*args)
+    return ops.nvfp4_gemm_packed_triton(*args)
 
 
 _SM100_F32_OUT_FAILED = False

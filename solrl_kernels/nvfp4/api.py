@@ -10,13 +10,18 @@ from typing import Literal
 
 import torch
 
-from .._backends import cuda_fp8_capable, triton_available, triton_unavailable_reason
+from .._backends import (
+    cuda_fp8_capable,
+    plain_eager,
+    triton_available,
+    triton_unavailable_reason,
+)
 from . import reference as ref
 from .layouts import to_blocked
 from .tensor import BLOCK_SIZE, Granularity, NVFP4Tensor, ScaleLayout, ScaleRule
 
-try:  # registers torch.ops.solrl_kernels.nvfp4_{quantize,dequantize}
-    from . import ops  # noqa: F401
+try:  # the Triton kernels' functions; registers torch.ops.solrl_kernels.nvfp4_{quantize,...}
+    from . import ops
 except ImportError:  # no triton: triton_available() is False and the reference runs
     pass
 
@@ -42,7 +47,8 @@ def _use_triton(backend: Backend, device: torch.device) -> bool:
 
 
 def _tensor_amax(x2d: torch.Tensor) -> torch.Tensor:
-    return torch.ops.solrl_kernels.absmax(x2d.contiguous())
+    x2d = x2d.contiguous()
+    return (ops.absmax if plain_eager(x2d) else torch.ops.solrl_kernels.absmax)(x2d)
 
 
 def _run_kernel(x, scale_rule, scale_search, granularity, global_scale, blocked, packed, fp8):
@@ -59,7 +65,9 @@ def _run_kernel(x, scale_rule, scale_search, granularity, global_scale, blocked,
         gs = x2d.new_empty((0,), dtype=torch.float32)  # computed in the kernel
     else:
         gs = ref.global_scale_from_amax(_tensor_amax(x2d), scale_rule).reshape(1)
-    data, scales, gs_out, values = torch.ops.solrl_kernels.nvfp4_quantize(
+    quantize_rows = (ops.quantize_rows if plain_eager(x2d, gs)
+                     else torch.ops.solrl_kernels.nvfp4_quantize)
+    data, scales, gs_out, values = quantize_rows(
         x2d, gs, scale_rule == "fp8_exact", scale_search, per_row, compute_gs, blocked, packed, fp8
     )
     if compute_gs:
@@ -151,13 +159,9 @@ def dequantize(
     if dtype not in (torch.bfloat16, torch.float16, torch.float32):
         return dequantize(t, torch.float32, backend).to(dtype)
     K = t.K
-    out = torch.ops.solrl_kernels.nvfp4_dequantize(
-        t.data.reshape(-1, K // 2),
-        t.scales.view(torch.uint8).reshape(-1),
-        t.global_scale.float().reshape(-1).contiguous(),
-        K,
-        t.granularity == "row",
-        t.scale_layout == "blocked",
-        dtype,
-    )
+    args = (t.data.reshape(-1, K // 2), t.scales.view(torch.uint8).reshape(-1),
+            t.global_scale.float().reshape(-1).contiguous())
+    dequantize_rows = (ops.dequantize_rows if plain_eager(*args)
+                       else torch.ops.solrl_kernels.nvfp4_dequantize)
+    out = dequantize_rows(*args, K, t.granularity == "row", t.scale_layout == "blocked", dtype)
     return out.reshape(t.shape)

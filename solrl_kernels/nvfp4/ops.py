@@ -9,7 +9,9 @@ Shapes: x2d (R, K) with K % 16 == 0; data (R, K/2) uint8; scales (R, K/16) uint8
 E4M3, or the flat blocked layout; gs (R,) or (1,) fp32; fp8 (R, K) float8_e4m3fn. Outputs
 that were not asked for are returned empty; gs is returned only when computed
 (compute_gs), else empty (an op's output may not alias its input). `triton_op` derives the fake (meta)
-implementation by running this function on fake tensors.
+implementation by running this function on fake tensors. In plain eager mode the callers
+(nvfp4/api.py) run the Python functions directly (quantize_rows, dequantize_rows, absmax):
+the same code without the dispatcher.
 """
 
 from __future__ import annotations
@@ -66,8 +68,7 @@ def _tiles(K: int) -> tuple[int, int, int]:
     return 1, 1024, 2
 
 
-@torch.library.triton_op("solrl_kernels::nvfp4_quantize", mutates_args=())
-def nvfp4_quantize(
+def quantize_rows(
     x: torch.Tensor,
     global_scale: torch.Tensor,
     fp8_exact: bool,
@@ -107,8 +108,7 @@ def nvfp4_quantize(
     return data, scales, gs_out, fp8
 
 
-@torch.library.triton_op("solrl_kernels::nvfp4_dequantize", mutates_args=())
-def nvfp4_dequantize(
+def dequantize_rows(
     data: torch.Tensor,
     scales: torch.Tensor,
     global_scale: torch.Tensor,
@@ -131,7 +131,6 @@ def nvfp4_dequantize(
     return out
 
 
-@torch.library.triton_op("solrl_kernels::absmax", mutates_args=())
 def absmax(x: torch.Tensor) -> torch.Tensor:
     """max |x| over all elements as a 0-dim fp32 tensor (one read of x; 0 for empty x)."""
     out = torch.zeros((), device=x.device, dtype=torch.int32)
@@ -141,3 +140,12 @@ def absmax(x: torch.Tensor) -> torch.Tensor:
         launch(kernels.absmax_kernel, (triton.cdiv(n, block),), x.reshape(-1), out, n,
                BLOCK=block, num_warps=8)
     return out.view(torch.float32)
+
+
+# The ops (what torch.compile traces); in plain eager mode the callers run the functions above
+# directly (_backends.plain_eager), skipping the dispatcher's host time.
+nvfp4_quantize_op = torch.library.triton_op("solrl_kernels::nvfp4_quantize",
+                                            mutates_args=())(quantize_rows)
+nvfp4_dequantize_op = torch.library.triton_op("solrl_kernels::nvfp4_dequantize",
+                                              mutates_args=())(dequantize_rows)
+absmax_op = torch.library.triton_op("solrl_kernels::absmax", mutates_args=())(absmax)
