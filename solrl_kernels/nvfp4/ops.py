@@ -20,22 +20,28 @@ import torch
 import triton
 from torch._subclasses.fake_tensor import is_fake
 
-from .._backends import triton_interpreting
+from .._backends import plain_eager, triton_interpreting
 from . import kernels
 from .layouts import blocked_numel
 
 
 def launch(kernel, grid, *args, **meta) -> None:
-    """kernel[grid](*args, **meta), visible to torch.compile through wrap_triton (in eager,
-    triton_op turns wrap_triton into a plain launch).
+    """kernel[grid](*args, **meta): a plain launch in plain eager mode (the functions below
+    called directly, or run by their op in eager), else through wrap_triton, which
+    torch.compile traces (outside a triton_op's eager call, wrap_triton would dispatch a
+    higher-order op on every launch: ~1 ms of host time).
 
     Under TRITON_INTERPRET=1 kernels are plain interpreted callables: call them directly,
     and not at all on fake/meta tensors (shape propagation needs no launch).
     """
-    if not triton_interpreting():
-        torch.library.wrap_triton(kernel)[grid](*args, **meta)
-    elif not any(is_fake(a) or a.device.type == "meta" for a in args if isinstance(a, torch.Tensor)):
+    if triton_interpreting():
+        if not any(is_fake(a) or a.device.type == "meta" for a in args
+                   if isinstance(a, torch.Tensor)):
+            kernel[grid](*args, **meta)
+    elif plain_eager():
         kernel[grid](*args, **meta)
+    else:
+        torch.library.wrap_triton(kernel)[grid](*args, **meta)
 
 
 _KIND = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}
