@@ -255,13 +255,9 @@ def sweep_one(args, shape_name, K, N, M, fp8_v, packed_v, sass_info, sass_done, 
                 and f"fused/{vname}" not in sass_done:
             sass_info[f"fused {vname}"] = sass_summary("nvfp4_gemm_fused_kernel")
             sass_done.add(f"fused/{vname}")
-    if _native_has("nvfp4_gemm_sm90"):
-        run("CUTLASS nvfp4_gemm_sm90", lambda: torch.ops.solrl_kernels.nvfp4_gemm_sm90(
-            a, wp.data, wp.scales, sa, sb, None, "none", torch.bfloat16))
     for storage, wq in (("fp8", wf), ("packed", wp)):
         for backend in ("triton", "cublas", "native"):
-            if backend == "native" and not _native_has(
-                    "fp8_gemm_sm90" if storage == "fp8" else "nvfp4_gemm_sm90"):
+            if backend == "native" and not _native_has("fp8_gemm_sm90"):
                 continue
             run(f"nvfp4_linear {storage} {backend} (incl. act quant)",
                 lambda wq=wq, backend=backend: nvfp4_linear(x, wq, backend=backend),

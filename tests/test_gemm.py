@@ -356,7 +356,7 @@ def _backends_here(storage):
         names.append("cublas")
     from solrl_kernels.gemm import _native_has
 
-    if _native_has("fp8_gemm_sm90" if storage == "fp8" else "nvfp4_gemm_sm90"):
+    if _native_has("fp8_gemm_sm90"):  # packed: the weight expanded to E4M3 first
         names.append("native")
     return names
 

@@ -8,15 +8,16 @@ Execution paths (DESIGN §3), chosen per call by :func:`resolve_backend`:
 
 | backend    | where                 | what runs                                                   |
 |------------|-----------------------|-------------------------------------------------------------|
-| "native"   | Hopper, _C built      | CUTLASS sm90a FP8 GEMM (fp8 storage; packed: nvfp4_gemm_sm90 |
-|            |                       | when csrc provides it)                                      |
+| "native"   | Hopper, _C built      | CUTLASS sm90a FP8 GEMM (packed storage: the weight expanded |
+|            |                       | to E4M3 by Triton first; explicit backend="native" only)    |
 |            | Blackwell, _C built   | CUTLASS sm100a block-scaled NVFP4 GEMM (packed storage)     |
 | "triton"   | sm_89+ GPU            | our Triton FP8 GEMM (fp8 storage) / packed-weight GEMM      |
 | "cublas"   | sm_89+ GPU            | torch._scaled_mm FP8 row-wise (packed: weight expanded by   |
 |            | Blackwell             | Triton first); on sm_100 torch's NVFP4 _scaled_mm            |
 | "emulated" | anywhere              | plain torch in fp32 (reference semantics, any scale rule)   |
 
-"auto" picks native > triton on Hopper, the NVFP4 kernels on Blackwell, emulated on CPU and
+"auto" picks native > triton on Hopper (packed weights: triton, until the expanded-weight
+CUTLASS path is measured against it), the NVFP4 kernels on Blackwell, emulated on CPU and
 pre-Ada GPUs; ``SOLRL_GEMM_BACKEND`` overrides "auto". The activations are quantized per row
 (one fp32 global scale per token) with the weight's scale rule. The FP8 paths need the
 "fp8_exact" rule; "rn" weights on Hopper run on the exact emulated path, with a warning
@@ -117,10 +118,10 @@ def resolve_backend(
                 return "cublas"
         if w.scale_rule != "fp8_exact":
             return "emulated"  # _warn_rn() tells the user, once
-        native_op = "nvfp4_gemm_sm90" if packed else "fp8_gemm_sm90"
         for name in HOPPER_AUTO_ORDER if cap[0] == 9 else ("triton",):
-            if name == "native" and not (_native_has(native_op) and out_dtype != torch.float32
-                                         and N % 8 == 0):  # csrc: 16-byte output rows
+            if name == "native" and (packed or not (
+                    _native_has("fp8_gemm_sm90") and out_dtype != torch.float32
+                    and N % 8 == 0)):  # csrc: 16-byte output rows
                 continue
             return name
         return "triton"
@@ -150,7 +151,7 @@ def resolve_backend(
         raise ValueError(f"backend={backend!r} needs FP8 tensor cores (sm_89+), this GPU is "
                          f"sm_{cap[0]}{cap[1]}; use backend='emulated'")
     if backend == "native":
-        op = "nvfp4_gemm_sm90" if packed else "fp8_gemm_sm90"
+        op = "fp8_gemm_sm90"  # packed weights are expanded to E4M3 for it
         if cap[0] != 9 or not _native_has(op):
             why = native_unavailable_reason() if not native_ops_available() else (
                 f"torch.ops.solrl_kernels.{op} is not registered" if cap[0] == 9
@@ -286,14 +287,12 @@ def _linear_packed(x, x2, w: NVFP4Tensor, bias, activation, out_dtype, name):
                                          activation, w.scale_rule, out_dtype)
     a, sa = quantize_activation(x, x2)
     sa, sb = sa.reshape(-1), _weight_scale(w.global_scale)
-    if name == "native":
-        return torch.ops.solrl_kernels.nvfp4_gemm_sm90(a, w.data, w.scales, sa, sb, bias,
-                                                       activation, out_dtype)
-    if name == "cublas":
-        from .triton_launch import expand_nvfp4
-
-        return ops.fp8_gemm_cublas(a, expand_nvfp4(w.data, w.scales), sa, sb, bias, activation,
-                                   out_dtype)
+    if name in ("native", "cublas"):  # the weight expanded to E4M3 (transient), then FP8 GEMM
+        b = triton_launch.expand_nvfp4(w.data, w.scales)
+        if name == "native":
+            return torch.ops.solrl_kernels.fp8_gemm_sm90(a, b, sa, sb, bias, activation,
+                                                         out_dtype)
+        return ops.fp8_gemm_cublas(a, b, sa, sb, bias, activation, out_dtype)
     args = (a, w.data, w.scales, sa, sb, bias, activation, out_dtype)
     if plain_eager(*args[:6]):  # the op's code, without the dispatcher
         return triton_launch.nvfp4_gemm_packed(*args)

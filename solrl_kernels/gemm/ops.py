@@ -1,7 +1,7 @@
 """torch.library ops of the NVFP4 linear layer; each has its fake (meta) implementation beside it.
 
 Namespace ``solrl_kernels`` (shared with the C++ ops of csrc/: ``fp8_gemm_sm90``,
-``nvfp4_gemm_sm90``, ``nvfp4_gemm_sm100``, which this module does not define). The FP8 GEMM
+``nvfp4_gemm_sm100``, which this module does not define). The FP8 GEMM
 ops share fp8_gemm_sm90's schema:
 
     fp8_gemm_{triton,cublas,emulated}(a, b, scale_a, scale_b, bias, activation, out_dtype)
