@@ -365,6 +365,19 @@ def _grid_inverse(s, r1, r15):
 
 
 @triton.jit
+def _scale_pairs(xe, xo, s, gs, r1, r15, GRID_INV: tl.constexpr):
+    """Element pairs (BM, NB, 2, 4) divided by their block's total scale s * gs, as products
+    with its fp32 reciprocal RN(1 / RN(s * gs)) (from the row's reciprocals when GRID_INV:
+    _grid_inverse). Returns (ye, yo, total)."""
+    total = s * gs[:, None]
+    if GRID_INV:
+        inv = _grid_inverse(s, r1, r15)
+    else:
+        inv = tl.math.div_rn(1.0, total)
+    return xe * inv[:, :, None, None], xo * inv[:, :, None, None], total
+
+
+@triton.jit
 def _quantize_chunk(
     w, amax_blk, gs, r1, r15, k0, K, rows64, row_ok, data_ptr, scales_ptr, fp8_ptr,
     IN_KIND: tl.constexpr, FP8_EXACT: tl.constexpr, SEARCH: tl.constexpr,
@@ -389,13 +402,7 @@ def _quantize_chunk(
                        FP8_EXACT_SCALE_MAX)
     else:
         s = _e4m3_rn(tl.minimum(tl.maximum(s_ideal, E4M3_MIN_SUBNORMAL), F8E4M3_MAX))
-    total = s * gs[:, None]
-    if GRID_INV:
-        inv = _grid_inverse(s, r1, r15)
-    else:
-        inv = tl.math.div_rn(1.0, total)
-    ye = xe * inv[:, :, None, None]
-    yo = xo * inv[:, :, None, None]
+    ye, yo, total = _scale_pairs(xe, xo, s, gs, r1, r15, GRID_INV)
     if SEARCH:  # try the next smaller and larger scales; keep the least squared error
         re = _e2m1_round(ye)
         ro = _e2m1_round(yo)
@@ -406,13 +413,7 @@ def _quantize_chunk(
                 cand = tl.maximum(_one_bit_step_down(s_up), FP8_EXACT_SCALE_MIN)
             else:
                 cand = tl.minimum(_one_bit_step_up(s_up), FP8_EXACT_SCALE_MAX)
-            c_total = cand * gs[:, None]
-            if GRID_INV:
-                c_inv = _grid_inverse(cand, r1, r15)
-            else:
-                c_inv = tl.math.div_rn(1.0, c_total)
-            c_ye = xe * c_inv[:, :, None, None]
-            c_yo = xo * c_inv[:, :, None, None]
+            c_ye, c_yo, c_total = _scale_pairs(xe, xo, cand, gs, r1, r15, GRID_INV)
             c_re = _e2m1_round(c_ye)
             c_ro = _e2m1_round(c_yo)
             err = _pair_sse(xe, xo, c_re, c_ro, c_total)
