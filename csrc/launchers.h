@@ -29,6 +29,12 @@ struct WorkspaceAllocator {
   void* operator()(size_t bytes) const { return bytes ? alloc(ctx, bytes) : nullptr; }
 };
 
+// wgmma k-blocks (K = 32 each) between promotions of the tensor core's accumulator into the
+// fp32 one, a multiple of 4 (one 128-deep k-tile). 8 (K = 256): on the H200, 7% faster than
+// 4 for 2.1e-4 relative accumulation error instead of 1.3e-4 (bf16 output rounding: 1.5e-3).
+// (The default of _fp8_gemm_sm90_tile's schema in ops.cpp and of its fake says 8 too.)
+constexpr int kFp8PromotionInterval = 8;
+
 // out[m, n] = act(scale_a[m or 0] * scale_b[n or 0] * sum_k a[m, k] * b[n, k] + bias[n])
 struct Fp8GemmSm90Params {
   const void* a;            // (M, K) float8_e4m3fn, row-major, 16-byte aligned
@@ -48,10 +54,7 @@ struct Fp8GemmSm90Params {
   // max_swizzle (1, 2, 4, 8) along the raster's minor direction (L2 reuse of A/B tiles).
   int max_swizzle = 1;
   int raster = 0;           // 0: CUTLASS heuristic, 1: along M, 2: along N
-  // wgmma k-blocks (K = 32 each) between promotions of the tensor core's accumulator into the
-  // fp32 one, a multiple of 4 (one 128-deep k-tile). 8 (K = 256): on the H200, 7% faster than
-  // 4 for 2.1e-4 relative accumulation error instead of 1.3e-4 (bf16 output rounding: 1.5e-3).
-  int promotion_interval = 8;
+  int promotion_interval = kFp8PromotionInterval;
 };
 
 // Tile configurations of the sm90 FP8 GEMM (one translation unit each, per output dtype).

@@ -263,7 +263,8 @@ at::Tensor fp8_gemm_sm90_impl(const at::Tensor& a, const at::Tensor& b, const at
 at::Tensor fp8_gemm_sm90(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale_a,
                          const at::Tensor& scale_b, const std::optional<at::Tensor>& bias,
                          c10::string_view activation, at::ScalarType out_dtype) {
-  return fp8_gemm_sm90_impl(a, b, scale_a, scale_b, bias, activation, out_dtype, -1, 0, 0, 8);
+  return fp8_gemm_sm90_impl(a, b, scale_a, scale_b, bias, activation, out_dtype, /*tile=*/-1,
+                            /*swizzle=*/0, /*raster=*/0, kFp8PromotionInterval);
 }
 
 // ------------------------------------------------------------------------- nvfp4_gemm_sm100

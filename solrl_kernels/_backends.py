@@ -11,6 +11,7 @@ import functools
 import os
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 
 @functools.cache
@@ -90,11 +91,8 @@ def plain_eager(*tensors: torch.Tensor | None) -> bool:
     make_fx), plain tensors (or Parameters), none of which needs autograd history. What it
     saves is the custom-op dispatcher's host time on every call; under tracing the op (with
     its fake implementation) is what must be seen."""
-    if torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled():
-        return False
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
-
-    if _get_current_dispatch_mode() is not None:
+    if (torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled()
+            or _get_current_dispatch_mode() is not None):
         return False
     grad = torch.is_grad_enabled()
     for t in tensors:
