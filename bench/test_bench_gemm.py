@@ -10,8 +10,9 @@ replay, bench/timing.py: host launch overhead excluded and recorded separately) 
   * cuBLAS BF16: torch.matmul(x, w^T)                                  (baseline 1)
   * cuBLAS FP8: torch._scaled_mm, row-wise scales, inputs pre-quantized (baseline 2)
   * ours, "fp8" storage: nvfp4_linear(x, w) incl. activation quantization (backend auto)
-  * ours, "packed" storage (4.5-bit weights): the same (auto: the Triton packed path), and
-    with backend="native" (weight expanded to E4M3 per call, then the CUTLASS GEMM)
+  * ours, "packed" storage (4.5-bit weights): the same (auto: on Hopper the weight expanded
+    to E4M3 per call, then the CUTLASS GEMM), and with backend="triton" (the Triton packed
+    GEMM, auto until session 5)
   * ours GEMM only (activations pre-quantized), both storages
 all in the same run. TFLOP/s count 2*M*N*K. Each figure goes to bench/results.json through
 record(); a table is printed at the end and written to bench/logs/gemm_bench.txt.
@@ -66,7 +67,7 @@ def print_table():
         return
     head = (f"{'case':24s} {'BF16':>7s} {'FP8cuBLAS':>9s} {'ours fp8':>9s} {'xBF16':>6s} "
             f"{'xFP8':>5s} {'packed':>7s} {'xBF16':>6s} {'xFP8':>5s} {'gemm fp8':>8s} "
-            f"{'gemm pk':>8s} {'pk-nat':>7s} {'err fp8':>8s} {'err pk':>8s} {'GPU us':>7s} "
+            f"{'gemm pk':>8s} {'pk-tri':>7s} {'err fp8':>8s} {'err pk':>8s} {'GPU us':>7s} "
             f"{'host us':>7s}"
             "   (TFLOP/s by CUDA-graph replay; x = speed ratio; us: one nvfp4_linear fp8 call)")
     lines = [head]
@@ -76,7 +77,7 @@ def print_table():
             f"{r['ours_fp8'] / r['bf16']:6.2f} {r['ours_fp8'] / r['fp8']:5.2f} "
             f"{r['ours_packed']:7.0f} {r['ours_packed'] / r['bf16']:6.2f} "
             f"{r['ours_packed'] / r['fp8']:5.2f} {r['gemm_fp8']:8.0f} {r['gemm_packed']:8.0f} "
-            f"{r['packed_native']:7.0f} "
+            f"{r['packed_triton']:7.0f} "
             f"{r['err_fp8']:8.1e} {r['err_packed']:8.1e} {r['gpu_us']:7.0f} {r['host']:7.0f}")
     text = "\n".join(lines)
     print("\n" + text)
@@ -117,9 +118,7 @@ def test_bench_nvfp4_linear(benchmark, model, K, N, M):
                                                 out_dtype=torch.bfloat16))
     t_ours_fp8 = _median_ms(lambda: nvfp4_linear(x, w_fp8))
     t_ours_packed = _median_ms(lambda: nvfp4_linear(x, w_packed))
-    # packed weights expanded to E4M3 per call, then the CUTLASS GEMM (explicit "native")
-    t_packed_native = (_median_ms(lambda: nvfp4_linear(x, w_packed, backend="native"))
-                       if backend_fp8 == "native" else float("nan"))
+    t_packed_triton = _median_ms(lambda: nvfp4_linear(x, w_packed, backend="triton"))
     if backend_fp8 == "native":
         gemm_fp8 = lambda: torch.ops.solrl_kernels.fp8_gemm_sm90(a, b, sa, sb, None, "none",
                                                                   torch.bfloat16)
@@ -133,7 +132,7 @@ def test_bench_nvfp4_linear(benchmark, model, K, N, M):
 
     tf = {k: _tflops(M, N, K, t) for k, t in dict(
         bf16=t_bf16, fp8=t_fp8, ours_fp8=t_ours_fp8, ours_packed=t_ours_packed,
-        packed_native=t_packed_native, gemm_fp8=t_gemm_fp8, gemm_packed=t_gemm_packed).items()}
+        packed_triton=t_packed_triton, gemm_fp8=t_gemm_fp8, gemm_packed=t_gemm_packed).items()}
     case = f"{model}-{K}x{N}-M{M}"
     TABLE.append(dict(case=case, err_fp8=err_fp8, err_packed=err_packed, host=host,
                       gpu_us=t_ours_fp8 * 1e3, **tf))
@@ -149,12 +148,11 @@ def test_bench_nvfp4_linear(benchmark, model, K, N, M):
                      host_us_per_call=host)
         record(f"gemm/nvfp4_linear[{variant}]/{case}", "TFLOP/s", tf[key], "cuBLAS BF16",
                tf["bf16"], **extra)
-    if backend_fp8 == "native":
-        record(f"gemm/nvfp4_linear[packed-native]/{case}", "TFLOP/s", tf["packed_native"],
-               "cuBLAS BF16", tf["bf16"], M=M, N=N, K=K, backend="native",
-               incl_activation_quant=True, x_cublas_fp8=tf["packed_native"] / tf["fp8"],
-               weight_bytes_ratio_vs_bf16=weight_bytes["packed"] / weight_bytes["bf16"],
-               timing="cuda_graph")
+    record(f"gemm/nvfp4_linear[packed-triton]/{case}", "TFLOP/s", tf["packed_triton"],
+           "cuBLAS BF16", tf["bf16"], M=M, N=N, K=K, backend="triton",
+           incl_activation_quant=True, x_cublas_fp8=tf["packed_triton"] / tf["fp8"],
+           weight_bytes_ratio_vs_bf16=weight_bytes["packed"] / weight_bytes["bf16"],
+           timing="cuda_graph")
     for variant, key in (("fp8", "gemm_fp8"), ("packed", "gemm_packed")):
         record(f"gemm/gemm_only[{variant}]/{case}", "TFLOP/s", tf[key], "cuBLAS FP8 _scaled_mm",
                tf["fp8"], M=M, N=N, K=K, x_bf16=tf[key] / tf["bf16"])

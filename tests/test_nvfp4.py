@@ -334,6 +334,34 @@ def test_plain_eager_decides_when_the_dispatcher_may_be_skipped():
     assert seen == [False]
 
 
+def test_launch_wraps_fake_tensors_even_with_no_mode_active(monkeypatch):
+    """launch(): FakeTensors with no mode active (kept after their mode exited) must still
+    go through wrap_triton (which knows not to launch them); plain tensors launch directly."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from solrl_kernels.nvfp4 import ops as nvfp4_ops
+
+    calls = []
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda *a, **k: calls.append("plain")
+
+    def wrap(kernel):
+        calls.append("wrapped")
+        return kernel
+
+    monkeypatch.setattr(nvfp4_ops, "triton_interpreting", lambda: False)
+    monkeypatch.setattr(torch.library, "wrap_triton", wrap)
+    with FakeTensorMode():
+        fake = torch.empty(4, 32)
+    launch(Kernel(), (1,), fake, 7, BLOCK=16)
+    assert calls == ["wrapped", "plain"]
+    calls.clear()
+    launch(Kernel(), (1,), torch.randn(4, 32), 7, BLOCK=16)
+    assert calls == ["plain"]
+
+
 def test_api_under_fake_tensors_takes_the_op():
     """nvfp4.quantize_to_fp8 on fake tensors propagates shapes through the op's fake
     implementation (the eager shortcut would launch the kernel on fake data)."""

@@ -139,25 +139,29 @@ def _split4(x, BLOCK_M: tl.constexpr, NB: tl.constexpr):
     return x0, x1, x2, x3
 
 
-_PACK_CODES_PTX = tl.constexpr("""{
-.reg .b32 w, u, v, p, q;
-shl.b32 w, $1, 28;
-shf.r.wrap.b32 w, w, $2, 4;
-shf.r.wrap.b32 w, w, $3, 4;
-shf.r.wrap.b32 w, w, $4, 4;
-shf.r.wrap.b32 w, w, $5, 4;
-shf.r.wrap.b32 w, w, $6, 4;
-shf.r.wrap.b32 w, w, $7, 4;
-shf.r.wrap.b32 w, w, $8, 4;
-prmt.b32 u, $9, $11, 0x00FB;
-prmt.b32 v, $13, $15, 0xFB00;
-prmt.b32 p, $10, $12, 0x00FB;
-prmt.b32 q, $14, $16, 0xFB00;
-lop3.b32 u, u, 0x0000FFFF, v, 0xE2;
-lop3.b32 p, p, 0x0000FFFF, q, 0xE2;
-lop3.b32 u, p, 0xF0F0F0F0, u, 0xE2;
-lop3.b32 $0, w, 0x88888888, u, 0xF8;
-}""")
+# One line, no escapes: Inductor pastes kernel sources (with these globals) into a '''-string.
+_PACK_CODES_PTX = tl.constexpr(" ".join([
+    "{",
+    ".reg .b32 w, u, v, p, q;",
+    "shl.b32 w, $1, 28;",
+    "shf.r.wrap.b32 w, w, $2, 4;",
+    "shf.r.wrap.b32 w, w, $3, 4;",
+    "shf.r.wrap.b32 w, w, $4, 4;",
+    "shf.r.wrap.b32 w, w, $5, 4;",
+    "shf.r.wrap.b32 w, w, $6, 4;",
+    "shf.r.wrap.b32 w, w, $7, 4;",
+    "shf.r.wrap.b32 w, w, $8, 4;",
+    "prmt.b32 u, $9, $11, 0x00FB;",
+    "prmt.b32 v, $13, $15, 0xFB00;",
+    "prmt.b32 p, $10, $12, 0x00FB;",
+    "prmt.b32 q, $14, $16, 0xFB00;",
+    "lop3.b32 u, u, 0x0000FFFF, v, 0xE2;",
+    "lop3.b32 p, p, 0x0000FFFF, q, 0xE2;",
+    "lop3.b32 u, p, 0xF0F0F0F0, u, 0xE2;",
+    "lop3.b32 $0, w, 0x88888888, u, 0xF8;",
+    "}",
+]))
+
 
 @triton.jit
 def _pack_codes(ye, yo, BLOCK_M: tl.constexpr, NB: tl.constexpr, PTX: tl.constexpr,

@@ -31,14 +31,17 @@ def launch(kernel, grid, *args, **meta) -> None:
     torch.compile traces (outside a triton_op's eager call, wrap_triton would dispatch a
     higher-order op on every launch: ~1 ms of host time).
 
+    The tensors decide too, not only the active modes: a FakeTensor (one kept after its
+    mode exited, say) must never reach a real launch; wrap_triton knows not to launch it.
+
     Under TRITON_INTERPRET=1 kernels are plain interpreted callables: call them directly,
     and not at all on fake/meta tensors (shape propagation needs no launch).
     """
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
     if triton_interpreting():
-        if not any(is_fake(a) or a.device.type == "meta" for a in args
-                   if isinstance(a, torch.Tensor)):
+        if not any(is_fake(a) or a.device.type == "meta" for a in tensors):
             kernel[grid](*args, **meta)
-    elif plain_eager():
+    elif plain_eager(*tensors):
         kernel[grid](*args, **meta)
     else:
         torch.library.wrap_triton(kernel)[grid](*args, **meta)
