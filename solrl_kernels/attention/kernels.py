@@ -15,11 +15,17 @@ Three launches, one pass each over the bf16 inputs (B*H = G heads, S keys, D cha
 
         s  = dot_fp8(q8, k8^T)                    (BLOCK_M, BLOCK_N) fp32
         t  = s * q_scale[:, None] * k_scale[None, :] + k_bias[None, :]   (log2 units)
-        mt = rowmax(t); r = exp2(t - mt)          r in (0, 1], 1 at the row's tile max
-        p8 = quantize_p(r)                        FP8-exact values, r ~ p8 / P_SCALE
-        m' = max(m, mt); alpha = exp2(m - m'); beta = exp2(mt - m') / P_SCALE
+        mt = rowmax(t); m' = max(m, mt); alpha = exp2(m - m')
+      "nvfp4" P (two-level; its level 1 is the tile max):
+        r = exp2(t - mt)                          r in (0, 1], 1 at the row's tile max
+        p8 = quantize_p(r)                        FP8-exact values, r ~ p8 / 384
+        beta = exp2(mt - m') / 384
         l   = l * alpha + rowsum(p8) * beta
         acc = acc * alpha + dot_fp8(p8, v8) * beta
+      "fp8" P (FlashAttention-3's FP8 softmax: about 8 instructions per score):
+        r = exp2(t - m' + log2 448)               448 * exp2(t - m'), at most 448
+        l   = l * alpha + rowsum(r)               the unrounded numerators
+        acc = acc * alpha + dot_fp8(fp8(r), v8)   one cvt.rn.satfinite per two scores
       epilogue: out = acc * v_scale / l + v_mean
 
 K/V are quantized once by a pre-pass rather than in the attention's loads: each K/V tile
@@ -32,6 +38,8 @@ round differently). Under the interpreter (``DOT_F32``) the dots run on fp32 cop
 """
 
 from __future__ import annotations
+
+import math
 
 import triton
 import triton.language as tl
@@ -56,7 +64,7 @@ NVFP4_ROW_DIV = tl.constexpr(nvfp4_ref.F4_E2M1_MAX * nvfp4_ref.FP8_EXACT_SCALE_M
 FP8_ROW_AMAX_MIN = tl.constexpr(quant.FP8_ROW_AMAX_MIN)
 P_BLOCK_SCALE_MUL = tl.constexpr(quant.P_BLOCK_SCALE_MUL)
 P_SCALE_NVFP4 = tl.constexpr(quant.P_SCALE["nvfp4"])
-P_SCALE_FP8 = tl.constexpr(quant.P_SCALE["fp8"])
+LOG2_P_SCALE_FP8 = tl.constexpr(math.log2(quant.P_SCALE["fp8"]))
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -142,23 +150,16 @@ def _p_scale_inv(s):
 
 
 @triton.jit
-def _quantize_p(r, FMT_NVFP4: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """r (BLOCK_M, BLOCK_N) in [0, 1] -> (p fp32, p8 e4m3): FP8-exact values, quant.quantize_p.
-
-    Under DOT_F32 (interpreter) p8 is unused; the fp8 cast of exact values is exact anyway.
-    """
-    if FMT_NVFP4:
-        rb = tl.reshape(r, (BLOCK_M, BLOCK_N // 16, 16))
-        bmax = tl.max(rb, axis=2)
-        s = tl.minimum(tl.maximum(_round_up_one_bit(bmax * P_BLOCK_SCALE_MUL), SCALE_MIN),
-                       SCALE_MAX)
-        y = tl.minimum(rb * _p_scale_inv(s)[:, :, None], F4_E2M1_MAX)
-        p = tl.reshape(_e2m1_round_nonneg(y) * s[:, :, None], (BLOCK_M, BLOCK_N))
-        return p, p.to(tl.float8e4nv)
-    else:
-        p = _e4m3_rn(tl.minimum(r * P_SCALE_FP8, F8E4M3_MAX))
-        return p, p.to(tl.float8e4nv)
+def _quantize_p_nvfp4(r, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """r (BLOCK_M, BLOCK_N) in [0, 1] -> (p fp32, p8 e4m3): two-level NVFP4 P, FP8-exact
+    values (quant.quantize_p "nvfp4"). Under DOT_F32 (interpreter) p8 is unused."""
+    rb = tl.reshape(r, (BLOCK_M, BLOCK_N // 16, 16))
+    bmax = tl.max(rb, axis=2)
+    s = tl.minimum(tl.maximum(_round_up_one_bit(bmax * P_BLOCK_SCALE_MUL), SCALE_MIN),
+                   SCALE_MAX)
+    y = tl.minimum(rb * _p_scale_inv(s)[:, :, None], F4_E2M1_MAX)
+    p = tl.reshape(_e2m1_round_nonneg(y) * s[:, :, None], (BLOCK_M, BLOCK_N))
+    return p, p.to(tl.float8e4nv)
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -352,21 +353,28 @@ def attn_fwd_kernel(
             s = tl.dot(q8, tl.trans(k8))
         t = s * q_mul[:, None] * k_gs[None, :] + k_b[None, :]
         mt = tl.max(t, axis=1)
-        r = tl.exp2(t - mt[:, None])
-        p, p8 = _quantize_p(r, PV_NVFP4, BLOCK_M, BLOCK_N)
         m_new = tl.maximum(m_i, mt)
         alpha = tl.exp2(m_i - m_new)
-        if PV_NVFP4:
-            beta = tl.exp2(mt - m_new) * (1.0 / P_SCALE_NVFP4)
-        else:
-            beta = tl.exp2(mt - m_new) * (1.0 / P_SCALE_FP8)
-        l_i = l_i * alpha + tl.sum(p, axis=1) * beta
         vt = tl.load(v_ptrs)
-        if DOT_F32:
-            pv = tl.dot(p, tl.trans(vt.to(tl.float32)), input_precision="ieee")
-        else:
-            pv = tl.dot(p8, tl.trans(vt))
-        acc = acc * alpha[:, None] + pv * beta[:, None]
+        if PV_NVFP4:  # r relative to the tile max: level 1 of P's two-level scale
+            r = tl.exp2(t - mt[:, None])
+            p, p8 = _quantize_p_nvfp4(r, BLOCK_M, BLOCK_N)
+            beta = tl.exp2(mt - m_new) * (1.0 / P_SCALE_NVFP4)
+            l_i = l_i * alpha + tl.sum(p, axis=1) * beta
+            if DOT_F32:
+                pv = tl.dot(p, tl.trans(vt.to(tl.float32)), input_precision="ieee")
+            else:
+                pv = tl.dot(p8, tl.trans(vt))
+            acc = acc * alpha[:, None] + pv * beta[:, None]
+        else:  # relative to the running max, times 448 (folded into exp2); l unrounded
+            r = tl.exp2(t - (m_new - LOG2_P_SCALE_FP8)[:, None])
+            l_i = l_i * alpha + tl.sum(r, axis=1)
+            if DOT_F32:
+                p = _e4m3_rn(tl.minimum(r, F8E4M3_MAX))
+                pv = tl.dot(p, tl.trans(vt.to(tl.float32)), input_precision="ieee")
+            else:  # cvt.rn.satfinite.e4m3x2.f32: round to nearest even, saturating at 448
+                pv = tl.dot(r.to(tl.float8e4nv), tl.trans(vt))
+            acc = acc * alpha[:, None] + pv
         m_i = m_new
         k_ptrs += BLOCK_N * D
         v_ptrs += BLOCK_N

@@ -20,7 +20,8 @@ Rows (Q and K: one token's head vector of D elements; V^T: one channel over the 
              value = e4m3_rn(clamp(x * inv, +-448)) * gs.
 
 P (the softmax numerator of one query row over one key tile of BLOCK_N keys, computed as
-r = exp2(t - max_tile(t)) in (0, 1] so that the tile's largest element is exactly 1):
+r = exp2(t - mt) in [0, 1]; mt is the tile's own max for "nvfp4", so that the tile's largest
+element is exactly 1, and the running row max for "fp8"; reference.py, step 4):
 
     "nvfp4"  two-level: level 1 is the tile-row max (1, by construction) mapped to
              6 * 64 = P_SCALE = 384; level 2 is one {1, 1.5}*2^e scale per 16 keys,
@@ -31,7 +32,8 @@ r = exp2(t - max_tile(t)) in (0, 1] so that the tile's largest element is exactl
              grid for the rest: relative RMS error 0.108 instead of 0.118 on softmax-like
              tiles, at no cost (a full 3-candidate MSE search gives 0.102 at 3x the work in
              the kernel's inner loop). The tile's largest element (r = 1) stays exact.
-    "fp8"    p8 = e4m3_rn(r * 448); r ~ p8 / 448 (P_SCALE = 448).
+    "fp8"    p8 = e4m3_rn(min(r * 448, 448)); r ~ p8 / 448 (P_SCALE = 448). On the GPU one
+             hardware conversion (cvt.rn.satfinite, round to nearest even) per two values.
 
 The level-1 factor that maps the tile back to the running softmax max, exp2(max_tile - m),
 is applied to the FP8 dot's fp32 result, so it never has to be representable in FP8.

@@ -15,15 +15,19 @@ The function (all arithmetic fp32; tau = scale or 1/sqrt(D); log2 domain, as the
     16 consecutive tokens. Formats (OPERAND_FORMATS): "fp8" all FP8, "nvfp4" all FP8-exact
     NVFP4, "nvfp4_pv" FP8 Q and K, NVFP4 P and V.
  3. t = (q8 @ k8^T) * (gq * tau * log2 e) * gk^T + bias * log2 e.
- 4. Keys are cut into tiles of ``block_n``; per (query row, tile): mt = max(t),
-    r = exp2(t - mt), p8 = :func:`quant.quantize_p`(r) (FP8 values, r ~ p8 / P_SCALE).
- 5. P = p8 * exp2(mt - m) / P_SCALE with m the row max over all tiles; l = sum(P) (so the
-    weights of the quantized P sum to exactly 1 after normalization);
-    out = (P @ v8) * gv / l + v_mean.
+ 4. Keys are cut into tiles of ``block_n``; per (query row, tile j) a reference max mt_j:
+    "nvfp4" P: the tile's own max(t) (level 1 of its two-level scale: r's largest is 1);
+    "fp8" P: the running max over tiles 0..j, as the online softmax has it (FlashAttention-3's
+    FP8 recipe: no extra per-tile rescaling of the P·V product).
+    r = exp2(t - mt_j), p8 = :func:`quant.quantize_p`(r) (FP8 values, r ~ p8 / P_SCALE).
+ 5. w = exp2(mt_j - m) with m the row max over all tiles; P = p8 * w / P_SCALE;
+    l = sum(P) for "nvfp4" P (the weights of the quantized P sum to exactly 1), and
+    sum(r * w), the unrounded numerators, for "fp8" P (one fp32 add per score in the kernel
+    instead of converting the FP8 values back); out = (P @ v8) * gv / l + v_mean.
 
 The kernel computes the same with an online softmax (running max, rescaled accumulator);
-that changes only fp32 rounding. ``block_n`` is part of the definition (the level-1 P
-scale is per tile): the kernel uses BLOCK_N == block_n.
+that changes only fp32 rounding. ``block_n`` is part of the definition (the P reference max
+is per tile): the kernel uses BLOCK_N == block_n.
 
 :func:`naive_nvfp4_attention_reference` is the baseline the design is judged against:
 standard NVFP4 ("rn", one tensor scale) for Q, K and V, no smoothing, P = exp(s - rowmax)
@@ -166,11 +170,13 @@ def _emulate_chunk(q, k, v, formats: OperandFormats, tau: float, cfg: AttentionQ
     t = (q8 @ k8.transpose(-1, -2)) * (gq * (tau * LOG2E)) * gk.transpose(-1, -2) + bias
     t = F.pad(t, (0, Sk_pad - Sk), value=-math.inf).reshape(G, Sq, n_tiles, cfg.block_n)
     mt = t.amax(-1, keepdim=True)  # finite: every tile holds at least one key
+    if p_fmt == "fp8":  # relative to the running max; l from the unrounded r (module doc)
+        mt = torch.cummax(mt, dim=-2).values
     r = torch.exp2(t - mt)
     p8 = quantize_p(r, p_fmt) if p_fmt else r
-    w = torch.exp2(mt - mt.amax(-2, keepdim=True)) / (P_SCALE[p_fmt] if p_fmt else 1.0)
-    p = (p8 * w).reshape(G, Sq, Sk_pad)
-    l = p.sum(-1, keepdim=True)
+    w = torch.exp2(mt - mt.amax(-2, keepdim=True))
+    p = (p8 * (w / (P_SCALE[p_fmt] if p_fmt else 1.0))).reshape(G, Sq, Sk_pad)
+    l = (r * w if p_fmt == "fp8" else p).reshape(G, Sq, Sk_pad).sum(-1, keepdim=True)
     return (p @ v8t.transpose(-1, -2)) * gv.transpose(-1, -2) / l + v_mean
 
 
