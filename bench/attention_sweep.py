@@ -120,7 +120,8 @@ def accuracy_section(S: int, H: int) -> list[dict]:
     return rows
 
 
-def time_shape(label, B, H, S_img, S_txt, D, do_record: bool) -> list[tuple]:
+def time_shape(label, B, H, S_img, S_txt, D, do_record: bool,
+               precisions=("fp8", "nvfp4", "nvfp4_pv")) -> list[tuple]:
     S = S_img + S_txt
     flops = 4.0 * B * H * S * S * D
     torch.manual_seed(S + B)
@@ -139,7 +140,7 @@ def time_shape(label, B, H, S_img, S_txt, D, do_record: bool) -> list[tuple]:
     for r in rows:
         print("  {} B{} H{} S{} D{} {:20} {:8.3f} ms {:6.0f} TFLOP/s {:5.2f}x cuDNN".format(*r))
     tau = 1 / math.sqrt(D)
-    for prec in ("fp8", "nvfp4"):
+    for prec in precisions:
         cfg = AttentionQuantConfig()
         ms_full = bench_ms(lambda prec=prec: attention(q, k, v, prec))
         kv = quantize_kv(q, k, v, prec, tau, cfg)
@@ -162,7 +163,7 @@ def time_shape(label, B, H, S_img, S_txt, D, do_record: bool) -> list[tuple]:
     return rows
 
 
-def config_sweep(quick: bool) -> list[tuple]:
+def config_sweep(quick: bool, precisions=("fp8", "nvfp4_pv")) -> list[tuple]:
     label, B, H, S_img, S_txt, D = SHAPES[0]
     S = S_img + S_txt
     flops = 4.0 * B * H * S * S * D
@@ -178,7 +179,7 @@ def config_sweep(quick: bool) -> list[tuple]:
         variants = [variants[i] for i in (0, 1, 2)]
     rows = []
     print(f"== kernel-config sweep at {label} B{B} H{H} S{S} D{D} (kernel only)")
-    for prec in ("fp8", "nvfp4"):
+    for prec in precisions:
         for bm, bn, nw, ns in variants:
             cfg = AttentionQuantConfig(block_n=bn)
             kc = KernelConfig(block_m=bm, num_warps=nw, num_stages=ns)
@@ -209,8 +210,11 @@ def main(argv=None) -> int:
     ap.add_argument("--minimal", action="store_true", help="D 128 only: 2 checks, 1 shape")
     ap.add_argument("--no-record", action="store_true")
     ap.add_argument("--skip", default="", help="comma list of: correctness,accuracy,speed,configs")
+    ap.add_argument("--precisions", default="fp8,nvfp4,nvfp4_pv",
+                    help="comma list: the precisions timed and swept")
     args = ap.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
+    precisions = tuple(filter(None, args.precisions.split(",")))
     if not torch.cuda.is_available():
         print("needs a CUDA GPU")
         return 2
@@ -228,10 +232,11 @@ def main(argv=None) -> int:
     if "speed" not in skip:
         shapes = [SHAPES[i] for i in (0, 3)] if args.quick else SHAPES
         for shape in shapes[:1] if args.minimal else shapes:
-            rows += time_shape(*shape, do_record=not args.no_record and not failures)
+            rows += time_shape(*shape, do_record=not args.no_record and not failures,
+                               precisions=precisions)
     print(f"[{time.time() - t0:.0f}s]")
     if "configs" not in skip:
-        rows += config_sweep(args.quick)
+        rows += config_sweep(args.quick, precisions)
     print(f"[{time.time() - t0:.0f}s]")
     print("\n== summary (ratio = cuDNN bf16 time / this time)")
     print(f"{'shape':16} {'B':>2} {'H':>3} {'S':>5} {'D':>4} {'variant':34} {'ms':>8} "

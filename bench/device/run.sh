@@ -13,7 +13,7 @@
 #   gemm-tune    CUTLASS FP8 GEMM sweep: tile x swizzle x raster (~3 min); GEMM_TUNE_ARGS="--what
 #                promotion" sweeps the fp32 promotion interval instead
 #   attn         attention benchmark vs cuDNN / FLASH SDPA
-#   attn-sweep   attention correctness + kernel-config sweep
+#   attn-sweep   attention correctness + kernel-config sweep (ATTN_SWEEP_ARGS, default --quick)
 #   toy          driver GPU tests + the toy-gpu Sol-RL run
 #   pretrain     toy model pretraining (default 7,000 steps) + eval (~7 min);
 #                copy $OUT/{model.safetensors,config.json} to solrl/toy/weights/
@@ -96,7 +96,8 @@ part() {
     timeout 240 python3 -m pytest -q -p no:cacheprovider bench/test_bench_attention.py --benchmark-enable -s \
       2>&1 | tee "$OUT/attention_bench.log" | tail -30 ;;
   attn-sweep)
-    timeout 240 python3 bench/attention_sweep.py --quick 2>&1 | tee "$OUT/attention_sweep.log" | tail -40 ;;
+    timeout "${ATTN_SWEEP_TIMEOUT:-240}" python3 bench/attention_sweep.py ${ATTN_SWEEP_ARGS:---quick} 2>&1 \
+      | tee "$OUT/attention_sweep.log" | tail -40 ;;
   toy)
     python3 -m pytest -q -p no:cacheprovider tests/test_seeds.py tests/test_driver_e2e.py -k "cuda or gpu" 2>&1 | tail -5
     timeout "${TOY_TIMEOUT:-420}" python3 -m solrl.train --preset toy-gpu log.run_dir=/tmp/toy-gpu log.progress=False 2>&1 | tail -22
