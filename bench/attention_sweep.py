@@ -163,20 +163,28 @@ def time_shape(label, B, H, S_img, S_txt, D, do_record: bool,
     return rows
 
 
-def config_sweep(quick: bool, precisions=("fp8", "nvfp4_pv")) -> list[tuple]:
-    label, B, H, S_img, S_txt, D = SHAPES[0]
+VARIANTS = [(128, 128, 8, 2), (128, 128, 8, 3), (128, 64, 8, 2), (128, 64, 8, 3),
+            (64, 128, 4, 2), (64, 64, 4, 3), (128, 128, 4, 2)]  # block_m, block_n, warps, stages
+
+
+def config_sweep(quick: bool, precisions=("fp8", "nvfp4_pv"), variants=None,
+                 shapes=(0,)) -> list[tuple]:
+    rows = []
+    for i in shapes:
+        rows += _config_sweep_shape(SHAPES[i], quick, precisions, variants)
+    return rows
+
+
+def _config_sweep_shape(shape, quick, precisions, variants) -> list[tuple]:
+    label, B, H, S_img, S_txt, D = shape
     S = S_img + S_txt
     flops = 4.0 * B * H * S * S * D
     q, k, v = (torch.randn(B, H, S, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     with sdpa_backend("CUDNN_ATTENTION"):
         ms_cudnn = bench_ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
     tau = 1 / math.sqrt(D)
-    variants = [
-        (128, 128, 8, 2), (128, 128, 8, 3), (128, 64, 8, 2), (128, 64, 8, 3),
-        (64, 128, 4, 2), (64, 64, 4, 3), (128, 128, 4, 2),
-    ]
-    if quick:
-        variants = [variants[i] for i in (0, 1, 2)]
+    if variants is None:
+        variants = [VARIANTS[i] for i in (0, 1, 2)] if quick else VARIANTS
     rows = []
     print(f"== kernel-config sweep at {label} B{B} H{H} S{S} D{D} (kernel only)")
     for prec in precisions:
@@ -212,6 +220,10 @@ def main(argv=None) -> int:
     ap.add_argument("--skip", default="", help="comma list of: correctness,accuracy,speed,configs")
     ap.add_argument("--precisions", default="fp8,nvfp4,nvfp4_pv",
                     help="comma list: the precisions timed and swept")
+    ap.add_argument("--variants", default="",
+                    help="kernel configs to sweep, 'block_m,block_n,warps,stages;...' "
+                         "(default: VARIANTS)")
+    ap.add_argument("--sweep-shapes", default="0", help="comma list of SHAPES indices to sweep")
     args = ap.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     precisions = tuple(filter(None, args.precisions.split(",")))
@@ -236,7 +248,9 @@ def main(argv=None) -> int:
                                precisions=precisions)
     print(f"[{time.time() - t0:.0f}s]")
     if "configs" not in skip:
-        rows += config_sweep(args.quick, precisions)
+        variants = [tuple(int(x) for x in v.split(",")) for v in args.variants.split(";") if v]
+        rows += config_sweep(args.quick, precisions, variants or None,
+                             [int(i) for i in args.sweep_shapes.split(",")])
     print(f"[{time.time() - t0:.0f}s]")
     print("\n== summary (ratio = cuDNN bf16 time / this time)")
     print(f"{'shape':16} {'B':>2} {'H':>3} {'S':>5} {'D':>4} {'variant':34} {'ms':>8} "

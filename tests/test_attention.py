@@ -23,7 +23,13 @@ from solrl_kernels.attention import (
 )
 from solrl_kernels.attention.accuracy import compare, make_inputs
 from solrl_kernels.attention.ops import kernel_path_available, quant_attention_triton
-from solrl_kernels.attention.quant import P_SCALE, quantize_p, quantize_rows
+from solrl_kernels.attention.quant import (
+    FP8_ROW_AMAX_MIN,
+    NVFP4_ROW_DIV,
+    P_SCALE,
+    quantize_p,
+    quantize_rows,
+)
 from solrl_kernels.nvfp4 import reference as nvfp4_ref
 
 HAS_CUDA = torch.cuda.is_available()
@@ -206,6 +212,35 @@ def test_kernel_matches_reference(device, fmt, B, H, Sq, Sk, D, cfg):
 
 
 @kernel_cpu
+@pytest.mark.parametrize("fmt", ["fp8", "nvfp4_pv"])
+def test_statistics_prepass_in_chunks_matches_reference(device, monkeypatch, fmt):
+    """The statistics pre-pass splits the tokens into chunks (several programs per head) and
+    combines them: the means are still reference.token_mean's bits and the V channel scale
+    is quant.quantize_rows' (Sq != Sk, a ragged last chunk, 4 and 7 chunks)."""
+    from solrl_kernels.attention import ops as attn_ops
+    from solrl_kernels.attention.reference import token_mean
+
+    monkeypatch.setattr(attn_ops, "STATS_CHUNK", 32)
+    g = torch.Generator().manual_seed(5)
+    q = (torch.randn(1, 2, 100, 64, generator=g) * 2 + 1).to(device)
+    k = (torch.randn(1, 2, 210, 64, generator=g) - 3).to(device)
+    v = (torch.randn(1, 2, 210, 64, generator=g) * torch.rand(64, generator=g) + 0.5).to(device)
+    kv = attn_ops.quantize_kv(q, k, v, fmt, 0.125, AttentionQuantConfig())
+    stats = kv.stats.reshape(1, 2, 4, 64).cpu()
+    v_mean = token_mean(v.float().cpu())
+    assert torch.equal(stats[:, :, 0], token_mean(q.float().cpu()).squeeze(-2))
+    assert torch.equal(stats[:, :, 1], token_mean(k.float().cpu()).squeeze(-2))
+    assert torch.equal(stats[:, :, 2], v_mean.squeeze(-2))
+    amax = (v.float().cpu() - v_mean).abs().amax(-2)  # per channel, as quantize_rows of V^T
+    if fmt == "fp8":  # the kernel keeps a = amax (floored); quantize_rows' scale is a / 448
+        v_scale = torch.where(amax > 0, amax.clamp(min=FP8_ROW_AMAX_MIN), 448.0)
+    else:
+        gs = (amax / NVFP4_ROW_DIV).clamp(min=nvfp4_ref.GLOBAL_SCALE_MIN)
+        v_scale = torch.where(amax > 0, gs, 1.0)
+    assert torch.equal(stats[:, :, 3], v_scale)
+
+
+@kernel_cpu
 def test_kernel_bf16_strided_layout(device):
     """diffusers' layout: (B, S, H, D) buffers viewed as (B, H, S, D); output keeps it."""
     B, S, H, D = 1, 90, 2, 64
@@ -220,12 +255,13 @@ def test_kernel_bf16_strided_layout(device):
 
 
 @kernel_cpu
-def test_kernel_peaky_and_large_scale(device):
+@pytest.mark.parametrize("fmt", ["nvfp4", "fp8"])
+def test_kernel_peaky_and_large_scale(device, fmt):
     """Scores spanning > 126 in log2 units: tiles far below the running max must not give NaN."""
     q, k, v = make_inputs("peaky", H=1, S=150, D=64, seed=9)
     q, k, v = (t.to(device) for t in (q, k, v))
-    out = quant_attention_triton(q, k, v, "nvfp4", 4.0)
-    ref = attention_reference(q, k, v, "nvfp4", 4.0)
+    out = quant_attention_triton(q, k, v, fmt, 4.0)
+    ref = attention_reference(q, k, v, fmt, 4.0)
     assert_close_rel(out, ref, 1e-3, "peaky")
 
 

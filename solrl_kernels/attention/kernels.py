@@ -1,10 +1,13 @@
 """Triton kernels of the quantized attention (reference.py defines what they compute).
 
-Three launches, one pass each over the bf16 inputs (B*H = G heads, S keys, D channels):
+Four launches; three of them read the bf16 inputs once (B*H = G heads, S keys, D channels):
 
-  attn_stats_kernel     grid (G, D / BLOCK_D): per head and channel, mean of Q (smooth_q),
-                        mean of K (smooth_k), mean of V and amax of V - mean (the per-channel
-                        V scale). -> stats (G, 4, D) fp32: [q_mean, k_mean, v_mean, v_amax]
+  attn_stats_partial_kernel  grid (G, D / BLOCK_D, S / CHUNK): per head, channel block and
+                        chunk of tokens, float64 sums of Q (smooth_q), K (smooth_k) and V,
+                        and the max / min of V (so that a long sequence still fills the GPU)
+  attn_stats_kernel     grid (G,): combines the chunks: mean of Q, K and V and the amax of
+                        V - mean (the per-channel V scale).
+                        -> stats (G, 4, D) fp32: [q_mean, k_mean, v_mean, v_scale]
   attn_quant_kv_kernel  grid (G, S_pad / BLOCK_S): smooths and quantizes K rows (per token)
                         and V^T rows (per channel, blocks of 16 tokens), computes the Q-
                         smoothing bias of every key. -> k8 (G, S_pad, D) e4m3, k_scale
@@ -166,70 +169,103 @@ def _quantize_p_nvfp4(r, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def attn_stats_kernel(
-    q_ptr, k_ptr, v_ptr, stats_ptr,
-    H, Sq, Sk,
+def _column_sum(base, stride, s_lo, s_hi, d, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    """float64 sums over rows s_lo <= s < s_hi of the (rows, d) tile at base."""
+    acc = tl.zeros((BLOCK_S, BLOCK_D), dtype=tl.float64)
+    for s0 in range(s_lo, s_hi, BLOCK_S):
+        r = s0 + tl.arange(0, BLOCK_S)
+        x = tl.load(base + r[:, None].to(tl.int64) * stride + d[None, :],
+                    mask=(r < s_hi)[:, None], other=0.0)
+        acc += x.to(tl.float64)
+    return tl.sum(acc, axis=0)
+
+
+@triton.jit
+def attn_stats_partial_kernel(
+    q_ptr, k_ptr, v_ptr, part_ptr,
+    H, Sq, Sk, CHUNK,
     sqb, sqh, sqs, skb, skh, sks, svb, svh, svs,
-    PV_NVFP4: tl.constexpr, SMOOTH_Q: tl.constexpr, SMOOTH_K: tl.constexpr,
-    SMOOTH_V: tl.constexpr,
+    SMOOTH_Q: tl.constexpr, SMOOTH_K: tl.constexpr,
     D: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """stats[g, 0..3, d] = q_mean, k_mean, v_mean (0 where not smoothed), V channel scale.
-
-    stats[g, 3] from amax = max_j |v_j - v_mean|: V in "nvfp4", the per-channel global scale
-    gs = amax / 384 (floored; 1 for 0); "fp8" a = amax (floored; 448 for 0), from which the
-    quant kernel takes inv = 448 / a and the epilogue gs = a / 448, as quant.quantize_rows.
-    """
+    """grid (G, D / BLOCK_D, n_chunks): one chunk of CHUNK tokens of one head, BLOCK_D channels
+    -> part[g, c, 0..4, d] float64: sums of Q, K, V over the chunk's tokens (0 where not
+    smoothed), max and min of V (-inf / +inf for an empty chunk)."""
     g = tl.program_id(0)
     b = g // H
     h = g % H
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    rows = tl.arange(0, BLOCK_S)
-    q_base = q_ptr + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
-    k_base = k_ptr + b.to(tl.int64) * skb + h.to(tl.int64) * skh
-    v_base = v_ptr + b.to(tl.int64) * svb + h.to(tl.int64) * svh
-    out = stats_ptr + g.to(tl.int64) * 4 * D + d
-
-    # sums in float64 (exact in practice: any order gives reference.token_mean's bits)
+    c = tl.program_id(2)
+    s_lo = c * CHUNK
+    out = part_ptr + (g.to(tl.int64) * tl.num_programs(2) + c) * 5 * D + d
+    zero = tl.zeros((BLOCK_D,), dtype=tl.float64)
     if SMOOTH_Q:
-        acc = tl.zeros((BLOCK_S, BLOCK_D), dtype=tl.float64)
-        for s0 in range(0, Sq, BLOCK_S):
-            r = s0 + rows
-            x = tl.load(q_base + r[:, None].to(tl.int64) * sqs + d[None, :],
-                        mask=(r < Sq)[:, None], other=0.0)
-            acc += x.to(tl.float64)
-        tl.store(out, (tl.sum(acc, axis=0) / Sq).to(tl.float32))
+        tl.store(out, _column_sum(q_ptr + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh, sqs,
+                                  s_lo, tl.minimum(s_lo + CHUNK, Sq), d, BLOCK_S, BLOCK_D))
     else:
-        tl.store(out, tl.zeros((BLOCK_D,), dtype=tl.float32))
-
+        tl.store(out, zero)
     if SMOOTH_K:
-        acc = tl.zeros((BLOCK_S, BLOCK_D), dtype=tl.float64)
-        for s0 in range(0, Sk, BLOCK_S):
-            r = s0 + rows
-            x = tl.load(k_base + r[:, None].to(tl.int64) * sks + d[None, :],
-                        mask=(r < Sk)[:, None], other=0.0)
-            acc += x.to(tl.float64)
-        tl.store(out + D, (tl.sum(acc, axis=0) / Sk).to(tl.float32))
+        tl.store(out + D, _column_sum(k_ptr + b.to(tl.int64) * skb + h.to(tl.int64) * skh, sks,
+                                      s_lo, tl.minimum(s_lo + CHUNK, Sk), d, BLOCK_S, BLOCK_D))
     else:
-        tl.store(out + D, tl.zeros((BLOCK_D,), dtype=tl.float32))
+        tl.store(out + D, zero)
 
+    v_base = v_ptr + b.to(tl.int64) * svb + h.to(tl.int64) * svh
+    s_hi = tl.minimum(s_lo + CHUNK, Sk)
     acc = tl.zeros((BLOCK_S, BLOCK_D), dtype=tl.float64)
     vmax = tl.full((BLOCK_S, BLOCK_D), float("-inf"), dtype=tl.float32)
     vmin = tl.full((BLOCK_S, BLOCK_D), float("inf"), dtype=tl.float32)
-    for s0 in range(0, Sk, BLOCK_S):
-        r = s0 + rows
-        ok = (r < Sk)[:, None]
+    for s0 in range(s_lo, s_hi, BLOCK_S):
+        r = s0 + tl.arange(0, BLOCK_S)
+        ok = (r < s_hi)[:, None]
         x = tl.load(v_base + r[:, None].to(tl.int64) * svs + d[None, :], mask=ok, other=0.0)
         x = x.to(tl.float32)
         acc += x.to(tl.float64)
         vmax = tl.maximum(vmax, tl.where(ok, x, float("-inf")))
         vmin = tl.minimum(vmin, tl.where(ok, x, float("inf")))
+    tl.store(out + 2 * D, tl.sum(acc, axis=0))
+    tl.store(out + 3 * D, tl.max(vmax, axis=0).to(tl.float64))
+    tl.store(out + 4 * D, tl.min(vmin, axis=0).to(tl.float64))
+
+
+@triton.jit
+def attn_stats_kernel(
+    part_ptr, stats_ptr, Sq, Sk, n_chunks,
+    PV_NVFP4: tl.constexpr, SMOOTH_V: tl.constexpr, D: tl.constexpr,
+):
+    """grid (G,): the chunks' partials -> stats[g, 0..3, :] = q_mean, k_mean, v_mean (0 where
+    not smoothed), V channel scale.
+
+    Means: float64 sums (exact in practice: any order gives reference.token_mean's bits)
+    divided once and rounded to fp32. stats[g, 3] from amax = max_j |v_j - v_mean|: V in
+    "nvfp4", the per-channel global scale gs = amax / 384 (floored; 1 for 0); "fp8"
+    a = amax (floored; 448 for 0), from which the quant kernel takes inv = 448 / a and the
+    epilogue gs = a / 448, as quant.quantize_rows.
+    """
+    g = tl.program_id(0)
+    d = tl.arange(0, D)
+    part = part_ptr + g.to(tl.int64) * n_chunks * 5 * D + d
+    q_sum = tl.zeros((D,), dtype=tl.float64)
+    k_sum = tl.zeros((D,), dtype=tl.float64)
+    v_sum = tl.zeros((D,), dtype=tl.float64)
+    vmax = tl.full((D,), float("-inf"), dtype=tl.float64)
+    vmin = tl.full((D,), float("inf"), dtype=tl.float64)
+    for _ in range(0, n_chunks):
+        q_sum += tl.load(part)
+        k_sum += tl.load(part + D)
+        v_sum += tl.load(part + 2 * D)
+        vmax = tl.maximum(vmax, tl.load(part + 3 * D))
+        vmin = tl.minimum(vmin, tl.load(part + 4 * D))
+        part += 5 * D
+    out = stats_ptr + g.to(tl.int64) * 4 * D + d
+    tl.store(out, (q_sum / Sq).to(tl.float32))  # 0 when Q is not smoothed
+    tl.store(out + D, (k_sum / Sk).to(tl.float32))
     if SMOOTH_V:
-        v_mean = (tl.sum(acc, axis=0) / Sk).to(tl.float32)
+        v_mean = (v_sum / Sk).to(tl.float32)
     else:
-        v_mean = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        v_mean = tl.zeros((D,), dtype=tl.float32)
     # max_j |v_j - mean| == max(vmax - mean, mean - vmin): fp32 subtraction is monotonic
-    amax = tl.maximum(tl.max(vmax, axis=0) - v_mean, v_mean - tl.min(vmin, axis=0))
+    amax = tl.maximum(vmax.to(tl.float32) - v_mean, v_mean - vmin.to(tl.float32))
     amax = tl.maximum(amax, 0.0)
     if PV_NVFP4:
         gs = tl.math.div_rn(amax, NVFP4_ROW_DIV)

@@ -37,6 +37,7 @@ from .reference import (
 
 Backend = Literal["auto", "triton", "emulated"]
 PAD_MULTIPLE = 128  # K/V are padded to a multiple of this many keys (any BLOCK_N divides it)
+STATS_CHUNK = 512  # tokens per program of the statistics pre-pass (FLUX 1024 px: 864 programs)
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,8 @@ def quantize_kv(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, precision: str, tau: float,
     config: AttentionQuantConfig,
 ) -> QuantizedKV:
-    """Launches attn_stats_kernel and attn_quant_kv_kernel (last dims must be contiguous)."""
+    """Launches the statistics and K/V quantization pre-passes (kernels.py; last dims must be
+    contiguous)."""
     import triton
 
     from . import kernels
@@ -144,16 +146,22 @@ def quantize_kv(
         Sk=Sk,
     )
     block_d, block_s = 32, 64
+    n_chunks = triton.cdiv(max(Sq, Sk), STATS_CHUNK)
+    part = torch.empty((G, n_chunks, 5, D), device=dev, dtype=torch.float64)
     with _device_guard(dev):
-        kernels.attn_stats_kernel[(G, D // block_d)](
-            q, k, v, kv.stats,
-            H, Sq, Sk,
+        kernels.attn_stats_partial_kernel[(G, D // block_d, n_chunks)](
+            q, k, v, part,
+            H, Sq, Sk, STATS_CHUNK,
             q.stride(0), q.stride(1), q.stride(2),
             k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2),
-            PV_NVFP4=pv_nvfp4, SMOOTH_Q=config.smooth_q, SMOOTH_K=config.smooth_k,
-            SMOOTH_V=config.smooth_v,
+            SMOOTH_Q=config.smooth_q, SMOOTH_K=config.smooth_k,
             D=D, BLOCK_S=128, BLOCK_D=block_d, num_warps=4, enable_fp_fusion=False,
+        )
+        kernels.attn_stats_kernel[(G,)](
+            part, kv.stats, Sq, Sk, n_chunks,
+            PV_NVFP4=pv_nvfp4, SMOOTH_V=config.smooth_v, D=D, num_warps=4,
+            enable_fp_fusion=False,
         )
         kernels.attn_quant_kv_kernel[(G, S_pad // block_s)](
             k, v, kv.stats, kv.k8, kv.k_scale, kv.k_bias, kv.v8t,
