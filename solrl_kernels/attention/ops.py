@@ -44,14 +44,16 @@ STATS_CHUNK = 512  # tokens per program of the statistics pre-pass (FLUX 1024 px
 class KernelConfig:
     """Launch parameters of attn_fwd_kernel (the function does not depend on them).
 
-    block_m: queries per program (64 or 128). num_warps / num_stages: Triton's.
+    block_m: queries per program (64 or 128). num_warps / num_stages: Triton's. The default
+        won the H200 sweep (bench/attention_sweep.py, session 5) for fp8 and nvfp4_pv at
+        D = 128 and 64: fp8 kernel at FLUX 1024 px 538 TFLOP/s vs 357 for (128, 8 warps, 2).
     fp_fusion: let the compiler contract mul+add into FMA in the attention kernel (faster;
         changes fp32 rounding only). The quantization pre-passes never fuse.
     """
 
-    block_m: int = 128
-    num_warps: int = 8
-    num_stages: int = 2
+    block_m: int = 64
+    num_warps: int = 4
+    num_stages: int = 3
     fp_fusion: bool = True
 
     def __post_init__(self):
