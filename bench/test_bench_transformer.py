@@ -5,8 +5,8 @@
 The rollout question is how much faster one denoising step runs, not one GEMM. Each case
 builds a diffusers transformer with the published widths of FLUX.1-dev, SD3.5-Large or
 SANA-1.6B but only a few blocks (random bf16 weights; the blocks of a model are identical,
-so time per block is what transfers; the full depth is in BLOCKS), feeds it one 1024 px
-sample, and times ``transformer(**inputs)`` under torch.no_grad by CUDA-graph replay
+so time per block is what transfers; the full depth is in BLOCKS), feeds it 1024 px
+samples (batch 1, and batch 4 as a rollout over several candidates batches them), and times ``transformer(**inputs)`` under torch.no_grad by CUDA-graph replay
 (bench/timing.py) in four configurations, all in the same run:
   * bf16:              the model as built (cuBLAS GEMMs, SDPA attention)     (baseline)
   * nvfp4:             rollout_mode(linear="nvfp4")  (FP8-exact NVFP4 linears, "fp8" storage)
@@ -82,13 +82,14 @@ BUILDERS = {"flux1-dev": flux1_dev, "sd35-large": sd35_large, "sana-1.6b": sana_
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("batch", [1, 4])
 @pytest.mark.parametrize("model_name", list(BUILDERS))
-def test_bench_transformer_forward(benchmark, model_name):
+def test_bench_transformer_forward(benchmark, model_name, batch):
     from record import record
 
     torch.manual_seed(0)
     torch.cuda.empty_cache()
-    model, inputs = BUILDERS[model_name]()
+    model, inputs = BUILDERS[model_name](batch=batch)
     model = model.to("cuda", torch.bfloat16).eval()
     inputs = {k: v.to("cuda", torch.bfloat16 if v.is_floating_point() else v.dtype)
               for k, v in inputs.items()}
@@ -113,12 +114,13 @@ def test_bench_transformer_forward(benchmark, model_name):
         benchmark.pedantic(forward, rounds=1, iterations=1)
     line = ", ".join(f"{m} {t:.2f} ms ({times['bf16'] / t:.2f}x, rel. diff {errs[m]:.3f})"
                      for m, t in times.items() if m != "bf16")
-    print(f"\n{model_name}, {n_blocks} blocks (full model: {BLOCKS[model_name]}): bf16 "
+    print(f"\n{model_name}, batch {batch}, {n_blocks} blocks (full model: {BLOCKS[model_name]}): bf16 "
           f"{times['bf16']:.2f} ms; {line}")
     for mode, t in times.items():
         if mode != "bf16":
-            record(f"transformer/{model_name}[{mode}]", "forward ms", t, "bf16 forward",
-                   times["bf16"], higher_is_better=False, blocks=n_blocks,
+            tag = model_name if batch == 1 else f"{model_name}-B{batch}"
+            record(f"transformer/{tag}[{mode}]", "forward ms", t, "bf16 forward",
+                   times["bf16"], higher_is_better=False, blocks=n_blocks, batch=batch,
                    full_depth=BLOCKS[model_name], layers_swapped=swapped[mode],
                    rel_diff_vs_bf16=errs[mode], timing="cuda_graph")
     assert all(n > 0 for n in swapped.values()), swapped

@@ -7,7 +7,8 @@
 #   quant-sweep  quantization tile sweep, two shapes                        (~1 min)
 #   gemm         SASS check + nvfp4_linear benchmark vs cuBLAS BF16 / FP8 (~3 min), host profile
 #   block        a FLUX.1 single-stream block's 5 linears, NVFP4 (activation reuse on/off) vs BF16
-#   transformer  FLUX.1 / SD3.5-L / SANA forward at real widths (few blocks): BF16 vs rollout_mode
+#   transformer  FLUX.1 / SD3.5-L / SANA forward at real widths (few blocks), batch 1 and 4:
+#                BF16 vs rollout_mode                                        (~0.7 min + batch 4)
 #   host         where an eager nvfp4_linear call spends its host time (bench/host_profile.py)
 #   gemm-sweep   CUTLASS FP8 GEMM sweep vs cuBLAS (bench/native_gemm_sweep.py)
 #   gemm-tune    CUTLASS FP8 GEMM sweep: tile x swizzle x raster (~3 min); GEMM_TUNE_ARGS="--what
@@ -81,7 +82,7 @@ part() {
     timeout 120 python3 -m pytest -q -p no:cacheprovider bench/test_bench_block.py --benchmark-enable -s \
       2>&1 | tee "$OUT/block_bench.log" | grep -E "FLUX|passed|failed|Error" ;;
   transformer)
-    timeout 240 python3 -m pytest -q -p no:cacheprovider bench/test_bench_transformer.py --benchmark-enable -s \
+    timeout 420 python3 -m pytest -q -p no:cacheprovider bench/test_bench_transformer.py --benchmark-enable -s \
       2>&1 | tee "$OUT/transformer_bench.log" | grep -E "blocks|passed|failed|Error" ;;
   host)
     timeout 90 python3 bench/host_profile.py > "$OUT/host_profile.txt" 2>&1
