@@ -17,7 +17,7 @@ Execution paths (DESIGN §3), chosen per call by :func:`resolve_backend`:
 | "emulated" | anywhere              | plain torch in fp32 (reference semantics, any scale rule)   |
 
 "auto" picks native > triton on Hopper (for packed weights too: expand + CUTLASS measured
-1.12-1.22x the Triton packed GEMM), the NVFP4 kernels on Blackwell, emulated on CPU and
+1.11-1.23x the Triton packed GEMM), the NVFP4 kernels on Blackwell, emulated on CPU and
 pre-Ada GPUs; ``SOLRL_GEMM_BACKEND`` overrides "auto". The activations are quantized per row
 (one fp32 global scale per token) with the weight's scale rule. The FP8 paths need the
 "fp8_exact" rule; "rn" weights on Hopper run on the exact emulated path, with a warning
@@ -119,8 +119,7 @@ def resolve_backend(
         if w.scale_rule != "fp8_exact":
             return "emulated"  # _warn_rn() tells the user, once
         for name in HOPPER_AUTO_ORDER if cap[0] == 9 else ("triton",):
-            # packed weights too: expanded to E4M3 per call, then the CUTLASS GEMM, which
-            # measured 1.12-1.22x the Triton packed GEMM end to end (bench/RESULTS.md 1b)
+            # packed weights too (expanded to E4M3 per call; bench/RESULTS.md 1b')
             if name == "native" and not (
                     _native_has("fp8_gemm_sm90") and out_dtype != torch.float32
                     and N % 8 == 0):  # csrc: 16-byte output rows
