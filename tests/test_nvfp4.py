@@ -9,6 +9,7 @@ import triton
 import triton.language as tl
 
 from solrl_kernels import nvfp4
+from solrl_kernels._backends import triton_interpreting
 from solrl_kernels.nvfp4 import reference as ref
 from solrl_kernels.nvfp4.kernels import _e2m1_codes, _e2m1_round
 from solrl_kernels.nvfp4.ops import launch
@@ -16,10 +17,10 @@ from solrl_kernels.nvfp4.testing import assert_same_fp8_container, assert_same_n
 
 
 @triton.jit
-def _codes_kernel(y_ptr, out_ptr, val_ptr, N, BLOCK: tl.constexpr):
+def _codes_kernel(y_ptr, out_ptr, val_ptr, N, BLOCK: tl.constexpr, INTERPRET: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     y = tl.load(y_ptr + offs, mask=offs < N)
-    tl.store(out_ptr + offs, _e2m1_codes(y), mask=offs < N)
+    tl.store(out_ptr + offs, _e2m1_codes(y, INTERPRET), mask=offs < N)
     tl.store(val_ptr + offs, _e2m1_round(y), mask=offs < N)
 
 E2M1 = torch.tensor(ref.E2M1_VALUES, dtype=torch.float64)
@@ -385,7 +386,8 @@ def test_triton_e2m1_codes_exhaustive(device):
     y = y.to(device)
     out = torch.empty_like(y, dtype=torch.int32)
     val = torch.empty_like(y)
-    launch(_codes_kernel, (triton.cdiv(y.numel(), 1024),), y, out, val, y.numel(), BLOCK=1024)
+    launch(_codes_kernel, (triton.cdiv(y.numel(), 1024),), y, out, val, y.numel(), BLOCK=1024,
+           INTERPRET=triton_interpreting())
     want = ref.float_to_e2m1(y.cpu().clamp(-6, 6))
     assert torch.equal(out.cpu(), want.to(torch.int32))
     want_val = ref.e2m1_to_float(want)

@@ -64,10 +64,8 @@ def quantize_activation(x: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor
     """x2 = x.reshape(-1, K) -> (E4M3 values (M, K), fp32 scales (M, 1)), as
     ``quantize_to_fp8(x2, granularity="row")``, reused for the same x at the same version
     (and in the same CUDA-graph capture, or outside any)."""
-    if not _ENABLED or torch.compiler.is_compiling() or x.is_inference():
-        return quantize_to_fp8(x2, granularity="row")
-    capture = _capture_id(x)
-    if capture is None:
+    if (not _ENABLED or torch.compiler.is_compiling() or x.is_inference()
+            or (capture := _capture_id(x)) is None):
         return quantize_to_fp8(x2, granularity="row")
     entry = getattr(_STATE, "entry", None)
     if (entry is not None and entry[0]() is x and entry[1] == x._version

@@ -123,10 +123,10 @@ def _e2m1_nibble(y, INTERPRET: tl.constexpr):
 
 
 @triton.jit
-def _e2m1_codes(y):
+def _e2m1_codes(y, INTERPRET: tl.constexpr):
     """fp32 y -> int32 e2m1 codes, RNE, saturating at +-6; sign bit from y's sign bit.
     Equivalent to the threshold table of reference.float_to_e2m1 (tested exhaustively)."""
-    return (_e2m1_nibble(y, True) & 7) | ((y.to(tl.int32, bitcast=True) >> 28) & 8)
+    return (_e2m1_nibble(y, INTERPRET) & 7) | ((y.to(tl.int32, bitcast=True) >> 28) & 8)
 
 
 @triton.jit
@@ -431,9 +431,8 @@ def _quantize_chunk(
             best = tl.where(better, err, best)
     if WRITE_PACKED:
         if IN_KIND == 2:  # int64 words: a group of 4 pairs spans threads; one byte per pair
-            ce = _e2m1_nibble(ye, INTERPRET) & 7 | ((ye.to(tl.int32, bitcast=True) >> 28) & 8)
-            co = _e2m1_nibble(yo, INTERPRET) & 7 | ((yo.to(tl.int32, bitcast=True) >> 28) & 8)
-            tl.store(data_ptr + row3 * KW + wcol, (ce | (co << 4)).to(tl.uint8), mask=m)
+            codes = _e2m1_codes(ye, INTERPRET) | (_e2m1_codes(yo, INTERPRET) << 4)
+            tl.store(data_ptr + row3 * KW + wcol, codes.to(tl.uint8), mask=m)
         else:
             word = _pack_codes(ye, yo, BLOCK_M, NB, PACK_PTX, INTERPRET)
             wcol4 = (k0 // 8 + tl.arange(0, NB)[None, :, None] * 2
