@@ -30,6 +30,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/
 
 from timing import gpu_ms  # noqa: E402
 
+from solrl_kernels.gemm.reference import relative_error  # noqa: E402
+
 SHAPES_KN = [(3072, 3072), (3072, 12288), (12288, 3072), (2432, 2432), (2432, 9728),
              (9728, 2432), (2240, 2240), (2240, 5600), (5600, 2240)]
 TILES = {0: "128x128coop", 1: "64x128pp"}
@@ -46,8 +48,8 @@ def acc_err(out: torch.Tensor, a, w, sa, sw, rows: int = 512) -> float:
     |bf16(ref) - ref| / |ref|; the two are nearly independent, so the accumulation adds
     sqrt(e_out^2 - e_bf16^2) (0 when below the estimate's resolution)."""
     ref = (a[:rows].double() @ w.double().T) * sa[:rows, None].double() * sw[None, :].double()
-    e_out = float((out[:rows].double() - ref).norm() / ref.norm())
-    e_bf16 = float((ref.to(torch.bfloat16).double() - ref).norm() / ref.norm())
+    e_out = relative_error(out[:rows], ref)
+    e_bf16 = relative_error(ref.to(torch.bfloat16), ref)
     return math.sqrt(max(e_out**2 - e_bf16**2, 0.0))
 
 
