@@ -87,4 +87,31 @@ struct Nvfp4GemmSm100Params {
 void nvfp4_gemm_sm100_bf16(const Nvfp4GemmSm100Params& p, const WorkspaceAllocator& ws);
 void nvfp4_gemm_sm100_fp16(const Nvfp4GemmSm100Params& p, const WorkspaceAllocator& ws);
 
+// NVFP4 quantization of bf16/fp16 rows, each row in registers (csrc/nvfp4_quantize/), with a
+// per-row global scale computed from the row (gs_in == nullptr) or given; bit-exact with
+// solrl_kernels/nvfp4/reference.py (rules "rn" and "fp8_exact", no scale search).
+// Longest row: 1024 threads x 2 blocks of 16 elements.
+constexpr int kNvfp4QuantizeRowsMaxK = 32768;
+
+struct Nvfp4QuantizeParams {
+  const void* x;            // (R, K) bf16/fp16, unit last stride, rows 16-byte aligned
+  int64_t ld_x;             // row stride of x in elements (a multiple of 8)
+  int64_t R;
+  int K;                    // K % 16 == 0, K <= kNvfp4QuantizeRowsMaxK
+  bool fp16;                // x is fp16 (else bf16)
+  bool fp8_exact;           // scale rule "fp8_exact" (else "rn")
+  const float* gs_in;       // given decode scales: R (gs_per_row) or 1 values; nullptr: computed
+  bool gs_per_row;
+  float* gs_out;            // (R,) the computed per-row scales (gs_in == nullptr)
+  uint8_t* data;            // (R, K/2) packed e2m1, or nullptr
+  uint8_t* scales;          // (R, K/16) E4M3 bytes, or the flat 128x4-blocked layout; with data
+  bool blocked;             // scales in the 128x4-blocked layout
+  uint8_t* fp8;             // (R, K) E4M3 values e2m1 * s_blk ("fp8_exact" only), or nullptr
+  int threads_per_row;      // set by the launcher
+  int log2_threads_per_row; // set by the launcher (when threads_per_row <= 32)
+  cudaStream_t stream;
+};
+
+void nvfp4_quantize_rows_sm90(const Nvfp4QuantizeParams& p);
+
 }  // namespace solrl

@@ -3,6 +3,7 @@
 //   torch.ops.solrl_kernels.fp8_gemm_sm90      Hopper FP8 GEMM, per-row x per-col scales, bias, act
 //   torch.ops.solrl_kernels.nvfp4_gemm_sm100   Blackwell block-scaled NVFP4 GEMM (compiled, never run
 //                                              here: we have no sm_100 GPU)
+//   torch.ops.solrl_kernels.nvfp4_quantize_rows  NVFP4 quantization of bf16/fp16 rows (Hopper)
 //   torch.ops.solrl_kernels.stream_capture_id   id of the CUDA-graph capture on the current stream
 //   torch.ops.solrl_kernels._fp8_gemm_sm90_tile  fp8_gemm_sm90 with a forced tile config and tile
 //                                              scheduler / promotion settings (benchmarks)
@@ -16,6 +17,7 @@
 // nvidia-*-cu13 wheels may not put on the include path); only c10/cuda and the CUDA runtime.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -24,6 +26,7 @@
 
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "launchers.h"
@@ -350,6 +353,78 @@ at::Tensor nvfp4_gemm_sm100(const at::Tensor& a_data, const at::Tensor& a_scales
 #endif
 }
 
+// ------------------------------------------------------------------------ nvfp4_quantize_rows
+// -> (data (R, K/2) uint8, scales (R, K/16) uint8 or the flat blocked layout (zero padding),
+//     gs (R,) fp32 when computed, fp8 (R, K) float8_e4m3fn); outputs not asked for are empty.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nvfp4_quantize_rows(
+    const at::Tensor& x, const std::optional<at::Tensor>& global_scale, bool fp8_exact,
+    bool blocked, bool write_packed, bool write_fp8) {
+  constexpr const char* op = "nvfp4_quantize_rows";
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf, op,
+                   ": x must be bfloat16 or float16, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(x.dim() == 2, op, ": x must be 2-D (R, K), got shape ", shape_str(x));
+  const int64_t R = x.size(0), K = x.size(1);
+  TORCH_CHECK_VALUE(K % 16 == 0 && K <= kNvfp4QuantizeRowsMaxK, op,
+                    ": K must be a multiple of 16 up to ", num(kNvfp4QuantizeRowsMaxK), ", got K=",
+                    num(K));
+  TORCH_CHECK_VALUE(K <= 1 || x.stride(1) == 1, op, ": x must have unit last stride, got strides ",
+                    dims_str(x.strides()));
+  TORCH_CHECK_VALUE(R <= 1 || x.stride(0) % 8 == 0, op,
+                    ": x's row stride must be a multiple of 8 elements (16-byte rows), got ",
+                    num(x.stride(0)));
+  TORCH_CHECK_VALUE(write_packed || write_fp8, op, ": nothing to write (write_packed and write_fp8 "
+                    "are both false)");
+  TORCH_CHECK_VALUE(fp8_exact || !write_fp8, op,
+                    ": the E4M3 container (write_fp8) needs fp8_exact=True");
+  TORCH_CHECK_VALUE(write_packed || !blocked, op, ": blocked scales need write_packed=True");
+  if (global_scale) {
+    check_vector(*global_scale, op, "global_scale", R, /*allow_scalar=*/true);
+    check_same_device({{"x", &x}, {"global_scale", &*global_scale}}, op);
+  }
+  check_aligned16(x, op, "x");
+
+  auto u8 = x.options().dtype(at::kByte);
+  at::Tensor data = at::empty(write_packed ? std::vector<int64_t>{R, K / 2} : std::vector<int64_t>{0}, u8);
+  at::Tensor scales = !write_packed ? at::empty({0}, u8)
+                      : blocked     ? at::zeros({blocked_scales_numel(R, K)}, u8)
+                                    : at::empty({R, K / 16}, u8);
+  at::Tensor gs = at::empty({global_scale ? 0 : R}, x.options().dtype(at::kFloat));
+  at::Tensor fp8 = at::empty(write_fp8 ? std::vector<int64_t>{R, K} : std::vector<int64_t>{0},
+                             x.options().dtype(at::kFloat8_e4m3fn));
+#ifndef SOLRL_ENABLE_SM90
+  TORCH_CHECK(false, op,
+              ": solrl_kernels._C was built without the Hopper kernels; rebuild with "
+              "TORCH_CUDA_ARCH_LIST containing '9.0a' (and SOLRL_DISABLE_SM90 unset)");
+#else
+  check_cuda(x, op);
+  c10::cuda::CUDAGuard guard(x.device());
+  check_capability(x, 9, op, "sm_90 (Hopper)");
+  if (R == 0 || K == 0) return {data, scales, gs.fill_(1.0f), fp8};
+  Nvfp4QuantizeParams p{};
+  p.x = x.data_ptr();
+  p.ld_x = R > 1 ? x.stride(0) : K;
+  p.R = R;
+  p.K = static_cast<int>(K);
+  p.fp16 = x.scalar_type() == at::kHalf;
+  p.fp8_exact = fp8_exact;
+  at::Tensor gs_in;
+  if (global_scale) {
+    gs_in = global_scale->contiguous();
+    p.gs_in = gs_in.data_ptr<float>();
+    p.gs_per_row = gs_in.numel() != 1;
+  }
+  p.gs_out = global_scale ? nullptr : gs.data_ptr<float>();
+  p.data = write_packed ? data.data_ptr<uint8_t>() : nullptr;
+  p.scales = write_packed ? scales.data_ptr<uint8_t>() : nullptr;
+  p.blocked = blocked;
+  p.fp8 = write_fp8 ? static_cast<uint8_t*>(fp8.data_ptr()) : nullptr;
+  p.stream = c10::cuda::getCurrentCUDAStream().stream();
+  nvfp4_quantize_rows_sm90(p);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+#endif
+  return {data, scales, gs, fp8};
+}
+
 // The id of the CUDA stream capture in progress on the current stream of `device`, 0 when it
 // is not capturing. solrl_kernels/gemm/activation_cache.py shares a quantized activation
 // between sibling layers only within one capture (or outside any).
@@ -388,6 +463,9 @@ TORCH_LIBRARY(solrl_kernels, m) {
   m.def(
       "nvfp4_gemm_sm100(Tensor a_data, Tensor a_scales_blocked, Tensor b_data, "
       "Tensor b_scales_blocked, Tensor alpha, Tensor? bias, ScalarType out_dtype) -> Tensor");
+  m.def(
+      "nvfp4_quantize_rows(Tensor x, Tensor? global_scale, bool fp8_exact, bool blocked, "
+      "bool write_packed, bool write_fp8) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("compiled_archs() -> str[]", &solrl::compiled_archs);
   m.def("stream_capture_id(int device) -> int", &solrl::stream_capture_id);
 }
@@ -398,10 +476,12 @@ TORCH_LIBRARY_IMPL(solrl_kernels, CUDA, m) {
   m.impl("fp8_gemm_sm90", &solrl::fp8_gemm_sm90);
   m.impl("_fp8_gemm_sm90_tile", &solrl::fp8_gemm_sm90_impl);
   m.impl("nvfp4_gemm_sm100", &solrl::nvfp4_gemm_sm100);
+  m.impl("nvfp4_quantize_rows", &solrl::nvfp4_quantize_rows);
 }
 
 TORCH_LIBRARY_IMPL(solrl_kernels, CPU, m) {
   m.impl("fp8_gemm_sm90", &solrl::fp8_gemm_sm90);
   m.impl("_fp8_gemm_sm90_tile", &solrl::fp8_gemm_sm90_impl);
   m.impl("nvfp4_gemm_sm100", &solrl::nvfp4_gemm_sm100);
+  m.impl("nvfp4_quantize_rows", &solrl::nvfp4_quantize_rows);
 }

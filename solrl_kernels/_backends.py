@@ -41,6 +41,18 @@ def native_unavailable_reason() -> str:
     return _load_native()[1]
 
 
+_ARCHS: tuple[str, ...] | None = None
+
+
+@torch._dynamo.assume_constant_result  # torch.compile: a constant, not an op call to trace
+def native_archs() -> tuple[str, ...]:
+    """Kernel families compiled into solrl_kernels._C: a subset of ("sm90a", "sm100a")."""
+    global _ARCHS
+    if _ARCHS is None:
+        _ARCHS = tuple(torch.ops.solrl_kernels.compiled_archs()) if native_ops_available() else ()
+    return _ARCHS
+
+
 def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -84,6 +96,23 @@ def cuda_capability() -> tuple[int, int] | None:
     return torch.cuda.get_device_capability() if torch.cuda.is_available() else None
 
 
+_CAPABILITY: dict[int, tuple[int, int]] = {}
+
+
+@torch._dynamo.assume_constant_result  # torch.compile: a constant, not a query to trace
+def _capability_of(index: int) -> tuple[int, int]:
+    cap = _CAPABILITY.get(index)
+    if cap is None:
+        cap = _CAPABILITY[index] = tuple(torch.cuda.get_device_capability(index))
+    return cap
+
+
+def device_capability(device: torch.device) -> tuple[int, int]:
+    """torch.cuda.get_device_capability(device) of a CUDA device, remembered per device (the
+    query costs microseconds of host time, and every op asks)."""
+    return _capability_of(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def plain_eager(*tensors: torch.Tensor | None) -> bool:
     """True when a Python torch.library op of ours may be skipped and its implementation
     called directly, with the same result: eager mode (not torch.compile / export tracing),
@@ -106,7 +135,7 @@ def plain_eager(*tensors: torch.Tensor | None) -> bool:
 def cuda_fp8_capable(device: torch.device) -> bool:
     """A CUDA device with FP8 (E4M3) support, sm_89 or newer (Ada, Hopper, Blackwell): what
     our Triton kernels need (FP8 conversions, FP8 tensor cores)."""
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+    return device.type == "cuda" and device_capability(device) >= (8, 9)
 
 
 def backends_report() -> list[tuple[str, bool, str]]:

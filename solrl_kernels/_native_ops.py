@@ -38,6 +38,20 @@ Ops (schemas in csrc/ops.cpp):
     element (global_scale_a * global_scale_b). Compiled but never run on hardware here (no
     sm_100 GPU in this project).
 
+``torch.ops.solrl_kernels.nvfp4_quantize_rows(x, global_scale, fp8_exact, blocked, write_packed, write_fp8)``
+    Hopper (sm_90a) NVFP4 quantization of bf16/fp16 rows, bit-exact with
+    :mod:`solrl_kernels.nvfp4.reference` (rules "rn" / "fp8_exact", no scale search); each row
+    is loaded once into registers, so a per-row global scale costs no second read::
+
+        -> (data (R, K/2) uint8, scales uint8 (R, K/16) or the flat 128x4-blocked layout,
+            gs (R,) fp32, fp8 (R, K) float8_e4m3fn)
+
+    x: (R, K) bf16/fp16 with unit last stride, row stride a multiple of 8, 16-byte aligned;
+    K % 16 == 0, K <= 32768. global_scale: fp32 decode scale(s), R (per row) or 1 (per tensor)
+    elements, or None: computed per row (amax / (6 * S_MAX)) and returned as gs. Outputs not
+    asked for (write_packed: data + scales; write_fp8: the E4M3 container, fp8_exact only; gs
+    when a scale is given) are empty tensors.
+
 ``torch.ops.solrl_kernels.compiled_archs() -> list[str]``
     Kernel families in this build: a subset of ["sm90a", "sm100a"].
 
@@ -170,6 +184,54 @@ def _nvfp4_gemm_sm100_fake(a_data, a_scales_blocked, b_data, b_scales_blocked, a
     M, N = check_nvfp4_gemm_sm100_args(a_data, a_scales_blocked, b_data, b_scales_blocked, alpha,
                                        bias, out_dtype)
     return a_data.new_empty((M, N), dtype=out_dtype)
+
+
+NVFP4_QUANTIZE_ROWS_MAX_K = 32768  # csrc/launchers.h kNvfp4QuantizeRowsMaxK
+
+
+def check_nvfp4_quantize_rows_args(x, global_scale, fp8_exact, blocked, write_packed,
+                                   write_fp8) -> tuple[int, int]:
+    """The checks of csrc/ops.cpp's nvfp4_quantize_rows; returns (R, K)."""
+    op = "nvfp4_quantize_rows"
+    if x.dtype not in (torch.bfloat16, torch.float16):
+        raise TypeError(f"{op}: x must be bfloat16 or float16, got {x.dtype}")
+    if x.dim() != 2:
+        raise ValueError(f"{op}: x must be 2-D (R, K), got shape {tuple(x.shape)}")
+    R, K = x.shape
+    if K % 16 or K > NVFP4_QUANTIZE_ROWS_MAX_K:
+        raise ValueError(f"{op}: K must be a multiple of 16 up to {NVFP4_QUANTIZE_ROWS_MAX_K}, "
+                         f"got K={K}")
+    if K > 1 and x.stride(1) != 1:
+        raise ValueError(f"{op}: x must have unit last stride, got strides {x.stride()}")
+    if R > 1 and x.stride(0) % 8:
+        raise ValueError(f"{op}: x's row stride must be a multiple of 8 elements (16-byte rows), "
+                         f"got {x.stride(0)}")
+    if not (write_packed or write_fp8):
+        raise ValueError(f"{op}: nothing to write (write_packed and write_fp8 are both false)")
+    if write_fp8 and not fp8_exact:
+        raise ValueError(f"{op}: the E4M3 container (write_fp8) needs fp8_exact=True")
+    if blocked and not write_packed:
+        raise ValueError(f"{op}: blocked scales need write_packed=True")
+    if global_scale is not None:
+        _check_vector(global_scale, op, "global_scale", R, allow_scalar=True)
+    return R, K
+
+
+@torch.library.register_fake("solrl_kernels::nvfp4_quantize_rows")
+def _nvfp4_quantize_rows_fake(x, global_scale, fp8_exact, blocked, write_packed, write_fp8):
+    R, K = check_nvfp4_quantize_rows_args(x, global_scale, fp8_exact, blocked, write_packed,
+                                          write_fp8)
+    u8 = torch.uint8
+    data = x.new_empty((R, K // 2) if write_packed else (0,), dtype=u8)
+    if not write_packed:
+        scales = x.new_empty((0,), dtype=u8)
+    elif blocked:
+        scales = x.new_empty((blocked_numel(R, K // 16),), dtype=u8)
+    else:
+        scales = x.new_empty((R, K // 16), dtype=u8)
+    gs = x.new_empty((0 if global_scale is not None else R,), dtype=torch.float32)
+    fp8 = x.new_empty((R, K) if write_fp8 else (0,), dtype=torch.float8_e4m3fn)
+    return data, scales, gs, fp8
 
 
 def compiled_archs() -> list[str]:

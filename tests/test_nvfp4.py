@@ -271,21 +271,25 @@ def test_triton_noncontiguous_empty_and_given_scale(device):
                  ref.quantize(x.cpu(), global_scale=gs))
 
 
+# "auto": for the E4M3 container the CUDA row quantizer where it applies (Hopper, no scale
+# search), else Triton
 @pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "auto"])
 @pytest.mark.parametrize("rule,search", CASES, ids=["rn", "fp8_exact", "fp8_exact-search"])
 @pytest.mark.parametrize("granularity", ["tensor", "row"])
-def test_gpu_large_bit_exact(rule, search, granularity):
+def test_gpu_large_bit_exact(rule, search, granularity, backend):
     x = _rand((4096, 3072), torch.bfloat16, kind="heavy")
     x[7, :16] = 0
     x[9] *= 1e4
-    a = nvfp4.quantize(x.cuda(), rule, search, granularity)
+    a = nvfp4.quantize(x.cuda(), rule, search, granularity, backend=backend)
     b = ref.quantize(x, rule, search, granularity)
     assert_same_nvfp4(a, b, x if search else None)
     assert torch.equal(nvfp4.dequantize(a, torch.bfloat16).cpu(),
                        ref.dequantize(a.to("cpu"), torch.bfloat16))
-    v, gs = nvfp4.quantize_to_fp8(x.cuda(), granularity=granularity, scale_search=search)
+    v, gs = nvfp4.quantize_to_fp8(x.cuda(), granularity=granularity, scale_search=search,
+                                  backend=backend)
     # the container is exactly the expansion of the kernel's own quantization
-    a = nvfp4.quantize(x.cuda(), "fp8_exact", search, granularity)
+    a = nvfp4.quantize(x.cuda(), "fp8_exact", search, granularity, backend=backend)
     v_ref, gs_ref = ref.to_fp8_container(a.to("cpu"))
     assert_same_fp8_container(v, gs, v_ref, gs_ref, x if search else None)
 
@@ -294,11 +298,11 @@ def test_gpu_large_bit_exact(rule, search, granularity):
 @pytest.mark.parametrize("K", [2432, 5120, 20480], ids=lambda k: f"K{k}")
 @pytest.mark.parametrize("rule,search", CASES, ids=["rn", "fp8_exact", "fp8_exact-search"])
 def test_gpu_row_tilings_bit_exact(K, rule, search):
-    """Row lengths of the chunked walk (ops._tiles): a ragged last chunk (2432), whole
-    chunks (5120), and a row longer than the one-chunk limit (20480)."""
+    """Row lengths of the Triton kernel's chunked walk (ops._tiles): a ragged last chunk
+    (2432), whole chunks (5120), and a row longer than the one-chunk limit (20480)."""
     x = _rand((256, K), torch.bfloat16, kind="heavy")
     for gran in ("tensor", "row"):
-        assert_same_nvfp4(nvfp4.quantize(x.cuda(), rule, search, gran),
+        assert_same_nvfp4(nvfp4.quantize(x.cuda(), rule, search, gran, backend="triton"),
                           ref.quantize(x, rule, search, gran), x if search else None)
 
 
@@ -439,9 +443,10 @@ def test_pre_ada_gpu_takes_the_reference(monkeypatch):
 
     monkeypatch.setattr(api, "triton_available", lambda device: True)
     cuda = torch.device("cuda")
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    monkeypatch.setattr(api, "cuda_fp8_capable", lambda device: False)
+    monkeypatch.setattr(api, "device_capability", lambda device: (8, 0))
     assert not api._use_triton("auto", cuda)
     with pytest.raises(RuntimeError, match="sm_80 has no FP8 support"):
         api._use_triton("triton", cuda)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(api, "cuda_fp8_capable", lambda device: True)
     assert api._use_triton("auto", cuda)

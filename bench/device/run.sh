@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # H200 device runs: bash bench/device/run.sh PART [PART ...]; logs and records go to $OUT.
 # Parts (times measured on the H200; one device call may run at most 10 minutes):
+#   build        build _C only (tests and gemm build it too)                  (~1.5 min)
 #   tests        build _C, every GPU test                                   (~3 min)
 #   ktests       GPU tests of the Triton kernels only (quantize, attention, self-check; no build)
 #   quant        quantization benchmark (GPU time by CUDA-graph replay)     (~0.5 min)
@@ -9,6 +10,8 @@
 #   block        a FLUX.1 single-stream block's 5 linears, NVFP4 (activation reuse on/off) vs BF16
 #   transformer  FLUX.1 / SD3.5-L / SANA forward at real widths (few blocks), batch 1 and 4:
 #                BF16 vs rollout_mode                                        (~0.7 min + batch 4)
+#   profile      FLUX.1-width forward under torch.profiler: GPU time by kernel category, BF16 vs
+#                rollout_mode (bench/transformer_profile.py; PROFILE_ARGS="--batch 4")  (~1 min)
 #   host         where an eager nvfp4_linear call spends its host time (bench/host_profile.py)
 #   gemm-sweep   CUTLASS FP8 GEMM sweep vs cuBLAS (bench/native_gemm_sweep.py)
 #   gemm-tune    CUTLASS FP8 GEMM sweep: tile x swizzle x raster (~3 min); GEMM_TUNE_ARGS="--what
@@ -22,7 +25,7 @@
 # Then copy $OUT/results.json over bench/results.json (records replace older ones by key) and
 # unpack $OUT/logs.tgz (a device call returns at most ~8 files: everything else is archived).
 set -uo pipefail
-PARTS="tests ktests quant quant-sweep gemm gemm-sweep gemm-tune block transformer host attn attn-sweep toy pretrain"
+PARTS="build tests ktests quant quant-sweep gemm gemm-sweep gemm-tune block transformer profile host attn attn-sweep toy pretrain"
 [ $# -gt 0 ] || set -- help
 for p in "$@"; do
   case " $PARTS " in *" $p "*) ;; *) echo "usage: $0 PART [PART ...], PART in: $PARTS"; exit 2 ;; esac
@@ -50,6 +53,8 @@ build() {
 part() {
   echo "== $1 ($(date +%T))"
   case "$1" in
+  build)
+    build ;;
   tests)
     build
     python3 -m pytest -q -p no:cacheprovider -m gpu -n 4 tests 2>&1 | tee "$OUT/gpu_tests.log" | tail -30
@@ -84,6 +89,9 @@ part() {
   transformer)
     timeout 420 python3 -m pytest -q -p no:cacheprovider bench/test_bench_transformer.py --benchmark-enable -s \
       2>&1 | tee "$OUT/transformer_bench.log" | grep -E "blocks|passed|failed|Error" ;;
+  profile)
+    timeout 240 python3 bench/transformer_profile.py ${PROFILE_ARGS:-} 2>&1 | tee "$OUT/transformer_profile.log" \
+      | grep -vE "^\s+[0-9.]+ ms  " ;;
   host)
     timeout 90 python3 bench/host_profile.py > "$OUT/host_profile.txt" 2>&1
     grep -E "us/call|Error" "$OUT/host_profile.txt" ;;

@@ -44,7 +44,7 @@ void expect_throw(const char* what, const std::string& needle, const std::functi
 int main() {
   auto& dispatcher = c10::Dispatcher::singleton();
   for (const char* name : {"solrl_kernels::fp8_gemm_sm90", "solrl_kernels::_fp8_gemm_sm90_tile",
-                           "solrl_kernels::nvfp4_gemm_sm100"}) {
+                           "solrl_kernels::nvfp4_gemm_sm100", "solrl_kernels::nvfp4_quantize_rows"}) {
     if (!dispatcher.findSchema({name, ""}).has_value()) {
       std::printf("FAIL schema %s is not registered\n", name);
       ++failures;

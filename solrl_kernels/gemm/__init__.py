@@ -35,6 +35,7 @@ import torch
 from .. import nvfp4
 from .._backends import (
     cuda_fp8_capable,
+    device_capability,
     native_ops_available,
     native_unavailable_reason,
     plain_eager,
@@ -78,7 +79,7 @@ def _native_has(name: str) -> bool:
 
 
 def _capability(device: torch.device) -> tuple[int, int] | None:
-    return torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    return device_capability(device) if device.type == "cuda" else None
 
 
 def _sm100_native_available() -> bool:

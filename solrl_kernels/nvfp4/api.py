@@ -1,7 +1,16 @@
-"""Public NVFP4 functions: one entry point each, choosing Triton or the reference.
+"""Public NVFP4 functions: one entry point each, choosing a kernel or the reference.
 
-``backend="auto"`` runs the Triton kernels where they can run (CUDA tensors; CPU tensors
-under TRITON_INTERPRET=1) and the plain-torch reference elsewhere; both give the same bits.
+``backend="auto"`` runs, in this order of preference: for the E4M3 container
+(:func:`quantize_to_fp8`), the CUDA row quantizer of csrc/ (Hopper, bf16/fp16 input, no scale
+search: torch.ops.solrl_kernels.nvfp4_quantize_rows); then the Triton kernels where they can
+run (CUDA tensors; CPU tensors under TRITON_INTERPRET=1); then the plain-torch reference. All
+give the same bits. "cuda", "triton" and "reference" force one path (an unavailable one raises
+RuntimeError saying why).
+
+Why the container only: on the H200 (bench/RESULTS.md §2, session 6) the CUDA kernel writes
+the container at 0.86-0.89x copy bandwidth for every row length (Triton: 0.73-0.77x at K = 5120
+and 3072, 0.91x at 8192) with a third of the host time, while for the packed 4-bit outputs the
+Triton kernel is mostly faster (rn with a given scale: 0.83-0.88x against 0.76x).
 """
 
 from __future__ import annotations
@@ -12,6 +21,10 @@ import torch
 
 from .._backends import (
     cuda_fp8_capable,
+    device_capability,
+    native_archs,
+    native_ops_available,
+    native_unavailable_reason,
     plain_eager,
     triton_available,
     triton_unavailable_reason,
@@ -25,12 +38,62 @@ try:  # the Triton kernels' functions; registers torch.ops.solrl_kernels.nvfp4_{
 except ImportError:  # no triton: triton_available() is False and the reference runs
     pass
 
-Backend = Literal["auto", "triton", "reference"]
+Backend = Literal["auto", "cuda", "triton", "reference"]
+BACKENDS = ("auto", "cuda", "triton", "reference")
+CUDA_QUANTIZE_MAX_K = 32768  # csrc/launchers.h kNvfp4QuantizeRowsMaxK
+
+
+def _check_backend(backend: Backend) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def _cuda_unavailable_reason(x2d: torch.Tensor, scale_search: bool) -> str | None:
+    """None where csrc's row quantizer takes x2d (R, K), else why it does not."""
+    if x2d.device.type != "cuda":
+        return f"it runs on CUDA tensors, x is on {x2d.device}"
+    return _cuda_limits_reason(x2d, scale_search, x2d.device)
+
+
+def _cuda_limits_reason(x2d: torch.Tensor, scale_search: bool, device: torch.device) -> str | None:
+    """The build, GPU and input checks of _cuda_unavailable_reason (traced by torch.compile:
+    no host-only queries of x2d)."""
+    if not native_ops_available():
+        return native_unavailable_reason()
+    if "sm90a" not in native_archs():
+        return "solrl_kernels._C was built without the Hopper (9.0a) kernels"
+    cap = device_capability(device)
+    if cap[0] != 9:
+        return f"it is a Hopper (sm_90) kernel; this GPU is sm_{cap[0]}{cap[1]}"
+    if x2d.dtype not in (torch.bfloat16, torch.float16):
+        return f"it reads bfloat16/float16, x is {x2d.dtype}"
+    if scale_search:
+        return "it has no scale search (the Triton kernel does)"
+    if x2d.shape[1] > CUDA_QUANTIZE_MAX_K:
+        return f"rows longer than {CUDA_QUANTIZE_MAX_K} elements (K={x2d.shape[1]})"
+    # under torch.compile neither the data pointer nor the storage offset can be read (the op
+    # itself raises a ValueError for a misaligned view; fresh allocations are aligned)
+    misaligned = not torch.compiler.is_compiling() and x2d.data_ptr() % 16
+    if misaligned or (x2d.shape[0] > 1 and x2d.stride(0) % 8):
+        return "rows are not 16-byte aligned"
+    return None
+
+
+def _path(backend: Backend, x2d: torch.Tensor, scale_search: bool, container: bool) -> str:
+    """"cuda", "triton" or "reference" for quantizing x2d (R, K) with unit last stride;
+    container: the output is the E4M3 container (else the packed format)."""
+    _check_backend(backend)
+    if backend == "cuda" or (backend == "auto" and container):
+        why = _cuda_unavailable_reason(x2d, scale_search)
+        if why is None:
+            return "cuda"
+        if backend == "cuda":
+            raise RuntimeError(f"backend='cuda' requested but unavailable: {why}")
+    return "triton" if _use_triton(backend, x2d.device) else "reference"
 
 
 def _use_triton(backend: Backend, device: torch.device) -> bool:
-    if backend not in ("auto", "triton", "reference"):
-        raise ValueError(f"backend must be 'auto', 'triton' or 'reference', got {backend!r}")
+    _check_backend(backend)
     if backend == "reference":
         return False
     why = None
@@ -38,7 +101,7 @@ def _use_triton(backend: Backend, device: torch.device) -> bool:
         why = triton_unavailable_reason()
     elif (device.type == "cuda" and not torch.compiler.is_compiling()
           and not cuda_fp8_capable(device)):  # the kernels cast to E4M3
-        cap = torch.cuda.get_device_capability(device)
+        cap = device_capability(device)
         why = (f"GPU sm_{cap[0]}{cap[1]} has no FP8 support (the Triton quantizer needs sm_89 "
                "or newer); backend='reference' runs anywhere")
     if backend == "triton" and why:
@@ -51,28 +114,37 @@ def _tensor_amax(x2d: torch.Tensor) -> torch.Tensor:
     return (ops.absmax if plain_eager(x2d) else torch.ops.solrl_kernels.absmax)(x2d)
 
 
-def _run_kernel(x, scale_rule, scale_search, granularity, global_scale, blocked, packed, fp8):
-    shape = x.shape
-    K = shape[-1]
-    x2d = x.reshape(-1, K)
-    if x2d.stride(-1) != 1:
-        x2d = x2d.contiguous()
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """x (..., K) as (R, K) with unit last stride (a view where possible)."""
+    x2d = x.reshape(-1, x.shape[-1])
+    return x2d if x2d.stride(-1) == 1 else x2d.contiguous()
+
+
+def _run_kernel(x2d, path, scale_rule, scale_search, granularity, global_scale, blocked, packed,
+                fp8, lead):
+    """Quantize x2d (R, K) with the "cuda" or "triton" kernel -> (data, scales, gs, values);
+    gs shaped (*lead, 1) per row or () per tensor."""
     per_row = granularity == "row"
     compute_gs = per_row and global_scale is None
     if global_scale is not None:
-        gs = global_scale.to(device=x.device, dtype=torch.float32).reshape(-1).contiguous()
+        gs = global_scale.to(device=x2d.device, dtype=torch.float32).reshape(-1).contiguous()
     elif per_row:
-        gs = x2d.new_empty((0,), dtype=torch.float32)  # computed in the kernel
+        gs = None  # computed in the kernel
     else:
         gs = ref.global_scale_from_amax(_tensor_amax(x2d), scale_rule).reshape(1)
-    quantize_rows = (ops.quantize_rows if plain_eager(x2d, gs)
-                     else torch.ops.solrl_kernels.nvfp4_quantize)
-    data, scales, gs_out, values = quantize_rows(
-        x2d, gs, scale_rule == "fp8_exact", scale_search, per_row, compute_gs, blocked, packed, fp8
-    )
+    fp8_exact = scale_rule == "fp8_exact"
+    if path == "cuda":
+        data, scales, gs_out, values = torch.ops.solrl_kernels.nvfp4_quantize_rows(
+            x2d, gs, fp8_exact, blocked, packed, fp8)
+    else:
+        gs_arg = x2d.new_empty((0,), dtype=torch.float32) if gs is None else gs
+        quantize_rows = (ops.quantize_rows if plain_eager(x2d, gs_arg)
+                         else torch.ops.solrl_kernels.nvfp4_quantize)
+        data, scales, gs_out, values = quantize_rows(
+            x2d, gs_arg, fp8_exact, scale_search, per_row, compute_gs, blocked, packed, fp8)
     if compute_gs:
         gs = gs_out
-    gs = gs.reshape(*shape[:-1], 1) if per_row else gs.reshape(())
+    gs = gs.reshape(*lead, 1) if per_row else gs.reshape(())
     return data, scales, gs, values
 
 
@@ -95,23 +167,26 @@ def quantize(
     check_finite: raise ValueError on NaN/Inf (costs one pass; turn off on hot paths).
     global_scale: use this decode scale instead of amax/(6·S_MAX).
     scale_layout: "row_major" (..., K/16) or "blocked" (the 128x4 swizzle, flat).
+    backend:      "auto" | "cuda" | "triton" | "reference" (see the module docstring).
     Empty inputs give empty outputs; non-contiguous inputs are copied.
     """
     ref.check_input(x, "x", check_finite)
     ref.check_options(scale_rule, scale_search, granularity, scale_layout)
     blocked = scale_layout == "blocked"
-    if not _use_triton(backend, x.device):
+    x2d = _rows(x)
+    path = _path(backend, x2d, scale_search, container=False)
+    if path == "reference":
         t = ref.quantize(x, scale_rule, scale_search, granularity, False, global_scale)
         if blocked:
             scales2d = t.scales.reshape(-1, x.shape[-1] // BLOCK_SIZE)
             t = NVFP4Tensor(t.data, to_blocked(scales2d), t.global_scale, t.shape,
                             scale_rule, "blocked", granularity)
         return t
-    data, scales, gs, _ = _run_kernel(
-        x, scale_rule, scale_search, granularity, global_scale, blocked, True, False
-    )
     K = x.shape[-1]
     lead = x.shape[:-1]
+    data, scales, gs, _ = _run_kernel(
+        x2d, path, scale_rule, scale_search, granularity, global_scale, blocked, True, False, lead
+    )
     return NVFP4Tensor(
         data=data.reshape(*lead, K // 2),
         scales=(scales if blocked else scales.reshape(*lead, K // BLOCK_SIZE)).view(
@@ -141,11 +216,14 @@ def quantize_to_fp8(
     """
     ref.check_input(x, "x", check_finite)
     ref.check_options("fp8_exact", scale_search, granularity)
-    if not _use_triton(backend, x.device):
+    x2d = _rows(x)
+    path = _path(backend, x2d, scale_search, container=True)
+    if path == "reference":
         t = ref.quantize(x, "fp8_exact", scale_search, granularity, False, global_scale)
         return ref.to_fp8_container(t)
     _, _, gs, values = _run_kernel(
-        x, "fp8_exact", scale_search, granularity, global_scale, False, False, True
+        x2d, path, "fp8_exact", scale_search, granularity, global_scale, False, False, True,
+        x.shape[:-1]
     )
     return values.reshape(x.shape), gs
 
@@ -153,7 +231,11 @@ def quantize_to_fp8(
 def dequantize(
     t: NVFP4Tensor, dtype: torch.dtype = torch.float32, backend: Backend = "auto"
 ) -> torch.Tensor:
-    """NVFP4Tensor -> dense (..., K) in dtype: (e2m1 · s_blk) · global_scale in fp32, then cast."""
+    """NVFP4Tensor -> dense (..., K) in dtype: (e2m1 · s_blk) · global_scale in fp32, then cast.
+    (No CUDA kernel: backend "cuda" raises; "auto" takes Triton or the reference.)"""
+    if backend == "cuda":
+        raise RuntimeError("backend='cuda' requested but unavailable: dequantize has no CUDA "
+                           "kernel (backend='auto' runs the Triton one)")
     if not _use_triton(backend, t.device):
         return ref.dequantize(t, dtype)
     if dtype not in (torch.bfloat16, torch.float16, torch.float32):

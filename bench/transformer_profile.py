@@ -1,0 +1,101 @@
+"""Where a FLUX.1-width transformer forward spends its GPU time: BF16 vs rollout_mode.
+
+    python bench/transformer_profile.py [--batch 1] [--modes bf16,nvfp4,nvfp4+attn-fp8]
+
+Builds the model of bench/test_bench_transformer.py (FLUX.1-dev widths, 2 double + 4 single
+blocks, 1024 px), runs a few eager forwards under torch.profiler and groups the CUDA kernels
+by what they do (GEMM, our quantization, attention, the rest: norms, modulation, RoPE, GELU,
+copies), in ms per forward. Answers "what is left to speed up" with a measurement instead of
+a FLOP count. Kernel time only; the host (eager launches) is not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections import defaultdict
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_bench_transformer import MODES, flux1_dev  # noqa: E402
+
+from solrl_kernels.nn import rollout_mode  # noqa: E402
+
+# first match wins; matched against the kernel name
+CATEGORIES = [
+    ("quantize (ours)", r"quantize|absmax|attn_stats|attn_quant|expand_nvfp4"),
+    ("attention (ours)", r"attn_fwd"),
+    ("attention (SDPA)", r"flash|fmha|cudnn|sdpa|attention"),
+    ("GEMM fp8 (ours)", r"cutlass::device_kernel|solrl|fp8_gemm"),
+    ("GEMM cuBLAS", r"nvjet|gemm|xmma|cublas|cutlass"),
+    ("norm / modulation / RoPE / GELU / copies", r"."),
+]
+
+
+def _device_us(evt) -> float:
+    for name in ("self_device_time_total", "self_cuda_time_total", "device_time_total"):
+        v = getattr(evt, name, None)
+        if v:
+            return float(v)
+    return 0.0
+
+
+def profile(model, inputs, iters: int) -> tuple[dict[str, float], list[tuple[str, float]]]:
+    with torch.no_grad():
+        for _ in range(2):
+            model(**inputs)
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(iters):
+                model(**inputs)
+            torch.cuda.synchronize()
+    per_cat: dict[str, float] = defaultdict(float)
+    kernels = []
+    for evt in prof.key_averages():
+        us = _device_us(evt)
+        if us <= 0 or evt.key.startswith(("ProfilerStep", "cuda")):
+            continue
+        kernels.append((evt.key, us / iters / 1e3))
+        for cat, pat in CATEGORIES:
+            if re.search(pat, evt.key):
+                per_cat[cat] += us / iters / 1e3
+                break
+    kernels.sort(key=lambda kv: -kv[1])
+    return dict(per_cat), kernels
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--modes", default="bf16,nvfp4,nvfp4+attn-fp8")
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--top", type=int, default=12)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    model, inputs = flux1_dev(batch=args.batch)
+    model = model.to("cuda", torch.bfloat16).eval()
+    inputs = {k: v.to("cuda", torch.bfloat16 if v.is_floating_point() else v.dtype)
+              for k, v in inputs.items()}
+    print(f"FLUX.1-dev widths, 2 double + 4 single blocks, batch {args.batch}, 1024 px; "
+          f"GPU kernel time per forward (ms), torch {torch.__version__}")
+    for mode in args.modes.split(","):
+        if mode == "bf16":
+            per_cat, kernels = profile(model, inputs, args.iters)
+        else:
+            with rollout_mode(model, **MODES[mode]):
+                per_cat, kernels = profile(model, inputs, args.iters)
+        total = sum(per_cat.values())
+        print(f"\n[{mode}] total {total:.2f} ms")
+        for cat, _ in CATEGORIES:
+            if cat in per_cat:
+                print(f"  {cat:42s} {per_cat[cat]:7.3f} ms  {100 * per_cat[cat] / total:5.1f}%")
+        print("  top kernels:")
+        for name, ms in kernels[:args.top]:
+            print(f"    {ms:7.3f} ms  {name[:110]}")
+
+
+if __name__ == "__main__":
+    main()

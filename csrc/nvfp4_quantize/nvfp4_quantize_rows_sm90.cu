@@ -1,0 +1,304 @@
+// NVFP4 quantization of bf16/fp16 rows, one row held in registers (bit-exact with
+// solrl_kernels/nvfp4/reference.py; the Triton kernel in nvfp4/kernels.py computes the same).
+//
+// Why a CUDA kernel beside the Triton one: a per-row global scale needs the row's amax before
+// any element can be quantized. Triton tiles are powers of two, so a row of 3072 / 5120 / 12288
+// elements is either padded with idle lanes or walked twice (the second time from L2); both
+// left the pass at 0.63-0.73x of copy bandwidth on the H200. Here each row is spread over
+// exactly as many threads as it needs (2 blocks of 16 elements per thread), loaded once,
+// reduced in registers / shared memory, and quantized from the same registers.
+//
+// Layout of the work: thread t of a row owns the 16-element NVFP4 blocks t and t + T (T threads
+// per row); a block is two 16-byte loads, one scale, one 16-byte store of the E4M3 container
+// (or 8 bytes of codes). Rows of up to 1024 elements share a warp (T a power of two <= 32);
+// longer rows own a CTA of T = 32 * ceil(blocks / 64) threads.
+//
+// Arithmetic: fp32, correctly rounded, in the reference's order. The fp32 operations whose
+// operands may be subnormal are inline PTX without .ftz: setup.py compiles with
+// --use_fast_math (-ftz=true), which would flush the subnormal inputs and quotients the
+// reference keeps. Comparisons and max/min of non-negative floats are done on their bits
+// (integer order == numeric order).
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "launchers.h"
+
+namespace solrl {
+namespace {
+
+constexpr int kBlocksPerThread = 2;
+constexpr int kThreadsShared = 128;  // CTA size when rows share warps
+constexpr uint32_t kBitsExactMin = 0x3C000000u;    // 2^-7   (FP8_EXACT_SCALE_MIN)
+constexpr uint32_t kBitsExactMax = 0x42800000u;    // 64.0f  (FP8_EXACT_SCALE_MAX)
+constexpr uint32_t kBitsE4m3Min = 0x3B000000u;     // 2^-9   (E4M3_MIN_SUBNORMAL)
+constexpr uint32_t kBitsE4m3Max = 0x43E00000u;     // 448.0f (F8E4M3_MAX)
+constexpr uint32_t kBitsE4m3MinNormal = 0x3C800000u;  // 2^-6
+constexpr uint32_t kBitsGlobalScaleMin = 0x05800000u;  // 2^-116 (GLOBAL_SCALE_MIN)
+
+__device__ __forceinline__ float mul_rn(float a, float b) {
+  float d;
+  asm("mul.rn.f32 %0, %1, %2;" : "=f"(d) : "f"(a), "f"(b));
+  return d;
+}
+__device__ __forceinline__ float add_rn(float a, float b) {
+  float d;
+  asm("add.rn.f32 %0, %1, %2;" : "=f"(d) : "f"(a), "f"(b));
+  return d;
+}
+__device__ __forceinline__ float div_rn(float a, float b) {
+  float d;
+  asm("div.rn.f32 %0, %1, %2;" : "=f"(d) : "f"(a), "f"(b));
+  return d;
+}
+__device__ __forceinline__ float rcp_rn(float a) {
+  float d;
+  asm("rcp.rn.f32 %0, %1;" : "=f"(d) : "f"(a));
+  return d;
+}
+__device__ __forceinline__ float fma_rn(float a, float b, float c) {
+  float d;
+  asm("fma.rn.f32 %0, %1, %2, %3;" : "=f"(d) : "f"(a), "f"(b), "f"(c));
+  return d;
+}
+__device__ __forceinline__ float as_float(uint32_t u) { return __uint_as_float(u); }
+__device__ __forceinline__ uint32_t as_bits(float f) { return __float_as_uint(f); }
+
+// Per 16-bit half, the larger magnitude of a and b (sign bit: garbage, xorsign).
+template <bool kHalf>
+__device__ __forceinline__ uint32_t absmax_x2(uint32_t a, uint32_t b) {
+  uint32_t d;
+  if constexpr (kHalf) {
+    asm("max.xorsign.abs.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+  } else {
+    asm("max.xorsign.abs.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+  }
+  return d;
+}
+
+// One 16-bit element (the low half of h) -> fp32 (exact).
+template <bool kHalf>
+__device__ __forceinline__ float to_f32(uint32_t h) {
+  if constexpr (kHalf) {
+    float f;
+    asm("{ .reg .b16 t; cvt.u16.u32 t, %1; cvt.f32.f16 %0, t; }" : "=f"(f) : "r"(h));
+    return f;
+  } else {
+    return as_float(h << 16);
+  }
+}
+
+// fp32 bits of max |element| over a unit's 4 words (8 elements).
+template <bool kHalf>
+__device__ __forceinline__ uint32_t unit_amax(const uint4& w) {
+  const uint32_t m = absmax_x2<kHalf>(absmax_x2<kHalf>(w.x, w.y), absmax_x2<kHalf>(w.z, w.w));
+  const uint32_t lo = as_bits(to_f32<kHalf>(m & 0x7FFFu));
+  const uint32_t hi = as_bits(to_f32<kHalf>((m >> 16) & 0x7FFFu));
+  return max(lo, hi);
+}
+
+// max over the threads of a row: a segment of tpr (power of two <= 32) lanes, or the CTA.
+__device__ __forceinline__ uint32_t row_max(uint32_t m, int tpr, uint32_t* red) {
+  if (tpr <= 32) {
+    for (int off = tpr / 2; off > 0; off >>= 1) m = max(m, __shfl_xor_sync(0xFFFFFFFFu, m, off));
+    return m;
+  }
+  for (int off = 16; off > 0; off >>= 1) m = max(m, __shfl_xor_sync(0xFFFFFFFFu, m, off));
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) red[warp] = m;
+  __syncthreads();
+  if (warp == 0) {
+    m = lane < static_cast<int>(blockDim.x / 32) ? red[lane] : 0u;
+    for (int off = 16; off > 0; off >>= 1) m = max(m, __shfl_xor_sync(0xFFFFFFFFu, m, off));
+    if (lane == 0) red[0] = m;
+  }
+  __syncthreads();
+  return red[0];
+}
+
+// reference.round_up_one_bit then the clamp to [2^-7, 64], on the bits of s >= 0.
+__device__ __forceinline__ uint32_t fp8_exact_scale(uint32_t s) {
+  const uint32_t mant = s & 0x7FFFFFu, expo = s & 0x7F800000u;
+  const uint32_t up = mant == 0 ? s : (mant <= 0x400000u ? (expo | 0x400000u) : expo + 0x800000u);
+  return min(max(up, kBitsExactMin), kBitsExactMax);
+}
+
+// E4M3 round-to-nearest-even of s clamped to [2^-9, 448] (reference: .to(float8_e4m3fn)).
+__device__ __forceinline__ uint32_t rn_scale(uint32_t s) {
+  s = min(max(s, kBitsE4m3Min), kBitsE4m3Max);
+  if (s >= kBitsE4m3MinNormal) return (s + 0x7FFFFu + ((s >> 20) & 1u)) & ~0xFFFFFu;
+  return as_bits(add_rn(add_rn(as_float(s), 16384.0f), -16384.0f));  // quantum 2^-9
+}
+
+// (bits(a) & 0x7F800000) | 2 in one LOP3 (ptxas does not merge the and/or of two immediates)
+__device__ __forceinline__ uint32_t exp_or_2(uint32_t a) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, 0x7F800000, 2, 0xEA;" : "=r"(d) : "r"(a));
+  return d;
+}
+
+// e2m1 rounding of y (RNE, saturating at 6), as in nvfp4/kernels.py _e2m1_nibble: with
+// a = min(|y|, 6) and k built from a's exponent E (k = 2^E * (1 + (256 + 2E) * 2^-23)),
+// t = RN(a + k * 2^22) holds the magnitude index in its low 4 bits, and t - k * 2^22 (exact)
+// is the rounded magnitude. |y| < 0.25 rounds to 0 either way, so flushing a subnormal |y|
+// in the min is harmless.
+struct E2m1 {
+  uint32_t t;       // low 4 bits: the magnitude index 0..7
+  float magnitude;  // the e2m1 magnitude, >= 0
+};
+__device__ __forceinline__ E2m1 e2m1_round(float y) {
+  const float a = fminf(fabsf(y), 6.0f);
+  const uint32_t e = max(exp_or_2(as_bits(a)), 0x3F800002u);
+  const float k = as_float(e + (e >> 22));
+  const float t = fma_rn(k, 4194304.0f, a);
+  return {as_bits(t), fma_rn(k, -4194304.0f, t)};
+}
+
+// Two fp32 values that are E4M3 numbers -> their E4M3 bytes, lo in the low byte.
+__device__ __forceinline__ uint32_t e4m3x2(float lo, float hi) {
+  uint32_t d;
+  asm("{ .reg .b16 t; cvt.rn.satfinite.e4m3x2.f32 t, %2, %1; cvt.u32.u16 %0, t; }"
+      : "=r"(d) : "f"(lo), "f"(hi));
+  return d;
+}
+
+// Offset of scale (row, col) in the 128x4-blocked layout (nvfp4/layouts.py to_blocked).
+__device__ __forceinline__ int64_t blocked_offset(int64_t row, int col, int n_col_blocks) {
+  const int64_t tile = (row / 128) * n_col_blocks + col / 4;
+  return tile * 512 + (row % 32) * 16 + ((row % 128) / 32) * 4 + col % 4;
+}
+
+// kPacked: write data + scales; kFp8: write the E4M3 container (compile-time: the unused
+// output's arithmetic disappears)
+template <bool kHalf, bool kPacked, bool kFp8>
+__global__ void __launch_bounds__(1024) nvfp4_quantize_rows_kernel(const Nvfp4QuantizeParams p) {
+  __shared__ uint32_t red[32];
+  const int tpr = p.threads_per_row;  // == blockDim.x, or a power of two <= 32
+  int lane_in_row;
+  int64_t row;
+  if (tpr > 32) {
+    lane_in_row = threadIdx.x;
+    row = blockIdx.x;
+  } else {
+    lane_in_row = threadIdx.x & (tpr - 1);
+    row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> p.log2_threads_per_row;
+  }
+  const bool row_ok = row < p.R;
+  const int blocks = p.K / 16;
+  const uint4* src =
+      reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(p.x) + (row_ok ? row : 0) * p.ld_x);
+
+  uint4 w[kBlocksPerThread][2];
+  uint32_t amax[kBlocksPerThread];  // fp32 bits of the block amax
+#pragma unroll
+  for (int i = 0; i < kBlocksPerThread; ++i) {
+    const int b = lane_in_row + i * tpr;
+    const bool ok = row_ok && b < blocks;
+    w[i][0] = ok ? __ldg(src + 2 * b) : make_uint4(0, 0, 0, 0);
+    w[i][1] = ok ? __ldg(src + 2 * b + 1) : make_uint4(0, 0, 0, 0);
+  }
+  uint32_t amax_thread = 0;
+#pragma unroll
+  for (int i = 0; i < kBlocksPerThread; ++i) {
+    const uint4 &u = w[i][0], &v = w[i][1];
+    const uint32_t m = absmax_x2<kHalf>(
+        absmax_x2<kHalf>(absmax_x2<kHalf>(u.x, u.y), absmax_x2<kHalf>(u.z, u.w)),
+        absmax_x2<kHalf>(absmax_x2<kHalf>(v.x, v.y), absmax_x2<kHalf>(v.z, v.w)));
+    amax[i] = max(as_bits(to_f32<kHalf>(m & 0x7FFFu)), as_bits(to_f32<kHalf>((m >> 16) & 0x7FFFu)));
+    amax_thread = max(amax_thread, amax[i]);
+  }
+
+  float gs;
+  if (p.gs_in == nullptr) {  // per-row global scale: amax / (6 * S_MAX), 1 for a zero row
+    const uint32_t m = row_max(amax_thread, tpr, red);
+    const uint32_t q = as_bits(div_rn(as_float(m), p.fp8_exact ? 384.0f : 2688.0f));
+    gs = m != 0 ? as_float(max(q, kBitsGlobalScaleMin)) : 1.0f;
+    if (row_ok && lane_in_row == 0) p.gs_out[row] = gs;
+  } else {
+    gs = p.gs_in[p.gs_per_row && row_ok ? row : 0];
+  }
+  if (!row_ok) return;
+
+  const int n_col_blocks = (blocks + 3) / 4;
+#pragma unroll
+  for (int i = 0; i < kBlocksPerThread; ++i) {
+    const int b = lane_in_row + i * tpr;
+    if (b >= blocks) break;
+    const uint32_t ideal = as_bits(div_rn(div_rn(as_float(amax[i]), 6.0f), gs));
+    const float scale = as_float(p.fp8_exact ? fp8_exact_scale(ideal) : rn_scale(ideal));
+    const float inv = rcp_rn(mul_rn(scale, gs));
+    const uint32_t words[8] = {w[i][0].x, w[i][0].y, w[i][0].z, w[i][0].w,
+                               w[i][1].x, w[i][1].y, w[i][1].z, w[i][1].w};
+    uint32_t codes[2] = {0, 0}, signs[2] = {0, 0}, fp8[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {  // word j: elements 2j (low half) and 2j + 1
+      const float y0 = mul_rn(to_f32<kHalf>(words[j] & 0xFFFFu), inv);
+      const float y1 = mul_rn(to_f32<kHalf>(words[j] >> 16), inv);
+      const E2m1 r0 = e2m1_round(y0), r1 = e2m1_round(y1);
+      if constexpr (kPacked) {  // 8 codes per word; funnel shifts push earlier ones down
+        uint32_t& c = codes[j / 4];
+        c = __funnelshift_r(c, r0.t, 4);
+        c = __funnelshift_r(c, r1.t, 4);
+        signs[j / 4] |= ((as_bits(y0) >> 31) << (8 * (j % 4) + 3)) |
+                        ((as_bits(y1) >> 31) << (8 * (j % 4) + 7));
+      }
+      if constexpr (kFp8) {  // (e2m1 value with y's sign) * s_blk: an E4M3 number
+        const float v0 = mul_rn(as_float(as_bits(r0.magnitude) | (as_bits(y0) & 0x80000000u)), scale);
+        const float v1 = mul_rn(as_float(as_bits(r1.magnitude) | (as_bits(y1) & 0x80000000u)), scale);
+        fp8[j] = e4m3x2(v0, v1);
+      }
+    }
+    if constexpr (kPacked) {
+      reinterpret_cast<uint2*>(p.data + row * (p.K / 2))[b] =
+          make_uint2(codes[0] | signs[0], codes[1] | signs[1]);
+      const int64_t off = p.blocked ? blocked_offset(row, b, n_col_blocks) : row * blocks + b;
+      p.scales[off] = static_cast<uint8_t>(e4m3x2(scale, 0.0f) & 0xFFu);
+    }
+    if constexpr (kFp8) {
+      reinterpret_cast<uint4*>(p.fp8 + row * p.K)[b] =
+          make_uint4(fp8[0] | (fp8[1] << 16), fp8[2] | (fp8[3] << 16),
+                     fp8[4] | (fp8[5] << 16), fp8[6] | (fp8[7] << 16));
+    }
+  }
+}
+
+}  // namespace
+
+static_assert(kNvfp4QuantizeRowsMaxK == 1024 * kBlocksPerThread * 16, "launchers.h");
+
+void nvfp4_quantize_rows_sm90(const Nvfp4QuantizeParams& params) {
+  Nvfp4QuantizeParams p = params;
+  const int blocks = p.K / 16;
+  const int need = (blocks + kBlocksPerThread - 1) / kBlocksPerThread;  // threads per row
+  if (p.K <= 0 || p.K % 16 != 0 || need > 1024) {
+    throw std::runtime_error("nvfp4_quantize_rows: K must be a positive multiple of 16 up to " +
+                             std::to_string(kNvfp4QuantizeRowsMaxK) + ", got " +
+                             std::to_string(p.K));
+  }
+  int threads;
+  if (need <= 32) {  // rows share warps: a power-of-two segment
+    p.log2_threads_per_row = 0;
+    while ((1 << p.log2_threads_per_row) < need) ++p.log2_threads_per_row;
+    p.threads_per_row = 1 << p.log2_threads_per_row;
+    threads = kThreadsShared;
+  } else {
+    p.threads_per_row = threads = (need + 31) / 32 * 32;
+  }
+  const int rows_per_cta = threads / p.threads_per_row;
+  const int64_t grid = (static_cast<int64_t>(p.R) + rows_per_cta - 1) / rows_per_cta;
+  if (grid == 0) return;
+  if (grid > INT32_MAX) throw std::runtime_error("nvfp4_quantize_rows: too many rows");
+  const bool packed = p.data != nullptr, fp8 = p.fp8 != nullptr;
+  if (!packed && !fp8) throw std::runtime_error("nvfp4_quantize_rows: no output");
+  auto kernel = p.fp16 ? (packed ? (fp8 ? nvfp4_quantize_rows_kernel<true, true, true>
+                                        : nvfp4_quantize_rows_kernel<true, true, false>)
+                                 : nvfp4_quantize_rows_kernel<true, false, true>)
+                       : (packed ? (fp8 ? nvfp4_quantize_rows_kernel<false, true, true>
+                                        : nvfp4_quantize_rows_kernel<false, true, false>)
+                                 : nvfp4_quantize_rows_kernel<false, false, true>);
+  kernel<<<static_cast<unsigned>(grid), threads, 0, p.stream>>>(p);
+}
+
+}  // namespace solrl

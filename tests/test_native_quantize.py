@@ -1,0 +1,244 @@
+"""The CUDA row quantizer of csrc/nvfp4_quantize (torch.ops.solrl_kernels.nvfp4_quantize_rows)
+against solrl_kernels.nvfp4.reference, bit for bit.
+
+CPU (whenever _C is built): schema, fake implementation, argument errors of the C++ op and of
+its fake, and the public API's answer to backend="cuda" where the kernel cannot run. GPU
+(@pytest.mark.gpu, Hopper): every row tiling (rows sharing a warp, one CTA per row, ragged
+unit counts), both rules, per-row / per-tensor / given scales, row-major and blocked scales,
+the E4M3 container; awkward values (zero blocks and rows, signed zeros, subnormal inputs,
+huge rows); torch.compile and opcheck.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from solrl_kernels import _backends, nvfp4
+from solrl_kernels.nvfp4 import api
+from solrl_kernels.nvfp4 import reference as ref
+from solrl_kernels.nvfp4.testing import assert_same_fp8_container, assert_same_nvfp4
+
+pytestmark = pytest.mark.skipif(
+    not _backends.native_ops_available(), reason=_backends.native_unavailable_reason()
+)
+
+if _backends.native_ops_available():
+    from solrl_kernels import _native_ops
+
+
+def op():
+    return torch.ops.solrl_kernels.nvfp4_quantize_rows
+
+
+def _cuda_reason() -> str | None:
+    if not torch.cuda.is_available():
+        return "no CUDA GPU"
+    return api._cuda_unavailable_reason(
+        torch.empty(2, 16, device="cuda", dtype=torch.bfloat16), False)
+
+
+needs_cuda_quantizer = pytest.mark.skipif(
+    _cuda_reason() is not None, reason=f"the CUDA quantizer cannot run: {_cuda_reason()}")
+
+
+# ---------------------------------------------------------------------------------- CPU tests
+def test_schema():
+    assert str(op().default._schema) == (
+        "solrl_kernels::nvfp4_quantize_rows(Tensor x, Tensor? global_scale, bool fp8_exact, "
+        "bool blocked, bool write_packed, bool write_fp8) -> (Tensor, Tensor, Tensor, Tensor)")
+
+
+def test_fake_shapes():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from solrl_kernels.nvfp4.layouts import blocked_numel
+
+    with FakeTensorMode():
+        x = torch.empty(10, 64, dtype=torch.bfloat16)
+        data, scales, gs, fp8 = op()(x, None, True, False, True, True)
+        assert data.shape == (10, 32) and scales.shape == (10, 4) and gs.shape == (10,)
+        assert fp8.shape == (10, 64) and fp8.dtype == torch.float8_e4m3fn
+        data, scales, gs, fp8 = op()(x.half(), torch.ones(1), False, True, True, False)
+        assert scales.shape == (blocked_numel(10, 4),) and gs.shape == (0,) and fp8.shape == (0,)
+
+
+def _bad_cases():
+    x = torch.randn(8, 64, dtype=torch.bfloat16)
+    return [
+        pytest.param(dict(x=x.float()), TypeError, "bfloat16 or float16", id="dtype"),
+        pytest.param(dict(x=x[None]), ValueError, "2-D", id="3d"),
+        pytest.param(dict(x=torch.randn(8, 40, dtype=torch.bfloat16)), ValueError, "K=40",
+                     id="k-mod-16"),
+        pytest.param(dict(x=torch.randn(2, 32784, dtype=torch.bfloat16)), ValueError,
+                     "up to 32768", id="k-too-long"),
+        pytest.param(dict(x=torch.randn(64, 8, dtype=torch.bfloat16).T), ValueError,
+                     "unit last stride", id="column-major"),
+        pytest.param(dict(x=torch.randn(8, 68, dtype=torch.bfloat16)[:, :64]), ValueError,
+                     "row stride", id="row-stride"),
+        pytest.param(dict(write_packed=False, write_fp8=False), ValueError, "nothing to write",
+                     id="no-output"),
+        pytest.param(dict(fp8_exact=False), ValueError, "needs fp8_exact", id="container-rn"),
+        pytest.param(dict(write_packed=False, blocked=True), ValueError, "blocked", id="blocked"),
+        pytest.param(dict(global_scale=torch.ones(3)), ValueError, r"8 elements", id="gs-numel"),
+        pytest.param(dict(global_scale=torch.ones(8).half()), TypeError, "float32|Float",
+                     id="gs-dtype"),
+    ]
+
+
+@pytest.mark.parametrize("kw, exc, match", _bad_cases())
+@pytest.mark.parametrize("impl", ["cpp", "fake"])
+def test_bad_inputs(kw, exc, match, impl):
+    args = dict(x=torch.randn(8, 64, dtype=torch.bfloat16), global_scale=None, fp8_exact=True,
+                blocked=False, write_packed=True, write_fp8=True)
+    args.update(kw)
+    with pytest.raises(exc, match=match):
+        if impl == "fake":
+            _native_ops.check_nvfp4_quantize_rows_args(**args)
+        else:  # the C++ checks run on CPU tensors too
+            op()(*args.values())
+
+
+def test_valid_cpu_inputs_say_cuda_or_arch():
+    match = "CUDA tensors only" if "sm90a" in _backends.native_archs() else "9.0a"
+    with pytest.raises((ValueError, RuntimeError), match=match):
+        op()(torch.randn(8, 64, dtype=torch.bfloat16), None, True, False, True, True)
+
+
+def test_api_backend_cuda_says_why_not():
+    x = torch.randn(4, 64, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="backend='cuda' requested but unavailable: .*CUDA"):
+        nvfp4.quantize(x, backend="cuda")
+    with pytest.raises(RuntimeError, match="no CUDA kernel"):
+        nvfp4.dequantize(nvfp4.quantize(x, backend="reference"), backend="cuda")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        nvfp4.quantize(x, backend="native")
+
+
+def test_cuda_path_checks_trace_under_compile(monkeypatch):
+    """The eligibility checks of the CUDA path, as torch.compile(fullgraph=True) traces them on
+    a Hopper GPU (stood in for here: capability (9, 0)); session 6 found Tensor.storage_offset()
+    and an op returning strings there, both graph breaks."""
+    monkeypatch.setattr(api, "device_capability", lambda device: (9, 0))
+    cuda = torch.device("cuda", 0)
+
+    def f(x):
+        why = api._cuda_limits_reason(x, False, cuda)
+        return x * (2 if why is None else 3)
+
+    x = torch.randn(4, 64, dtype=torch.bfloat16)
+    torch._dynamo.reset()
+    want = 2 if "sm90a" in _backends.native_archs() else 3
+    assert torch.equal(torch.compile(f, fullgraph=True, backend="eager")(x), x * want)
+    assert torch.equal(torch.compile(f, fullgraph=True, backend="eager")(x.float()), x.float() * 3)
+
+
+# ---------------------------------------------------------------------------------- GPU tests
+def _awkward(R: int, K: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """Heavy-tailed rows with an outlier channel, plus: an all-zero block, an all-zero row,
+    signed zeros, a row of subnormal values (fp32 subnormals for bf16, fp16 subnormals for
+    fp16), a huge row and a tiny one."""
+    torch.manual_seed(seed)
+    x = torch.distributions.StudentT(3.0).sample((R, K)) if seed % 2 else torch.randn(R, K)
+    x[:, 5 % K] *= 50
+    x = x.to(dtype)
+    x[0, :16] = 0
+    if R > 1:
+        x[1] = 0
+    if R > 2:
+        x[2, 1::2] = -0.0
+    if R > 3:
+        tiny = 1e-39 if dtype == torch.bfloat16 else 1e-6
+        x[3] = (torch.randn(K) * tiny).to(dtype)
+    if R > 4:
+        x[4] = x[4] * (1e30 if dtype == torch.bfloat16 else 100)
+    if R > 5:
+        x[5] = x[5] * (1e-30 if dtype == torch.bfloat16 else 1e-3)
+    return x
+
+
+# K: rows sharing a warp (16 .. 1024: 2 .. 32 threads per row), one CTA per row with every
+# unit used (3072, 5120, 8192) or a ragged last item (272 units: 2240 is 280 units over 96
+# threads), long rows (15360) and the longest (32768)
+KS = [16, 48, 272, 1024, 1040, 2240, 3072, 5120, 8192, 15360, 32768]
+
+
+@pytest.mark.gpu
+@needs_cuda_quantizer
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("K", KS, ids=lambda k: f"K{k}")
+def test_gpu_bit_exact(K, dtype):
+    R = max(7, min(301, (1 << 21) // K))  # rows not a multiple of the rows per CTA
+    x = _awkward(R, K, dtype, seed=K)
+    xc = x.cuda()
+    for rule in ("rn", "fp8_exact"):
+        for gran in ("tensor", "row"):
+            for layout in ("row_major", "blocked"):
+                a = nvfp4.quantize(xc, rule, False, gran, check_finite=False,
+                                   scale_layout=layout, backend="cuda")
+                b = nvfp4.quantize(x, rule, False, gran, check_finite=False,
+                                   scale_layout=layout, backend="reference")
+                assert_same_nvfp4(a, b)
+        gs_rows = torch.rand(R, 1) * 0.02 + 1e-4
+        assert_same_nvfp4(
+            nvfp4.quantize(xc, rule, granularity="row", check_finite=False,
+                           global_scale=gs_rows.cuda(), backend="cuda"),
+            ref.quantize(x, rule, granularity="row", global_scale=gs_rows))
+    for gran in ("tensor", "row"):
+        v, gs = nvfp4.quantize_to_fp8(xc, granularity=gran, backend="cuda")
+        v_ref, gs_ref = ref.to_fp8_container(ref.quantize(x, "fp8_exact", granularity=gran))
+        assert_same_fp8_container(v, gs, v_ref, gs_ref)
+
+
+@pytest.mark.gpu
+@needs_cuda_quantizer
+def test_gpu_large_both_outputs_one_call():
+    """Packed data, scales, per-row scale and the container from one launch, at a DiT size."""
+    x = _awkward(4608, 3072, torch.bfloat16, seed=1)
+    data, scales, gs, fp8 = op()(x.cuda(), None, True, False, True, True)
+    b = ref.quantize(x, "fp8_exact", granularity="row")
+    assert torch.equal(data.cpu(), b.data)
+    assert torch.equal(scales.cpu(), b.scales.view(torch.uint8))
+    assert torch.equal(gs.cpu(), b.global_scale.reshape(-1))
+    v_ref, _ = ref.to_fp8_container(b)
+    assert torch.equal(fp8.view(torch.uint8).cpu(), v_ref.view(torch.uint8))
+
+
+@pytest.mark.gpu
+@needs_cuda_quantizer
+def test_gpu_views_empty_and_fallbacks():
+    x = _awkward(64, 1040, torch.bfloat16, seed=3).cuda()
+    view = x[:, 16:1040]  # row stride 1040 (a multiple of 8), 32-byte offset: the kernel runs
+    assert api._cuda_unavailable_reason(view, False) is None
+    assert_same_nvfp4(nvfp4.quantize(view, "fp8_exact", granularity="row", backend="cuda"),
+                      ref.quantize(view.cpu(), "fp8_exact", granularity="row"))
+    odd = x[:, 4:1028]  # 8 bytes past a 16-byte boundary: "auto" takes Triton, same bits
+    assert "16-byte" in api._cuda_unavailable_reason(odd, False)
+    assert api._path("auto", odd, False, container=True) == "triton"
+    v, gs = nvfp4.quantize_to_fp8(odd)
+    assert_same_fp8_container(
+        v, gs, *ref.to_fp8_container(ref.quantize(odd.cpu(), "fp8_exact", granularity="row")))
+    assert api._path("auto", x, False, container=True) == "cuda"
+    assert api._path("auto", x, False, container=False) == "triton"  # packed: Triton is faster
+    assert api._path("auto", x.float(), False, container=True) == "triton"
+    assert api._path("auto", x, True, container=True) == "triton"  # scale search
+    e = nvfp4.quantize(x[:0], backend="cuda")
+    assert e.data.shape == (0, 520)
+    v, gs = nvfp4.quantize_to_fp8(x[:0], backend="cuda")
+    assert v.shape == (0, 1040) and gs.shape == (0, 1)
+
+
+@pytest.mark.gpu
+@needs_cuda_quantizer
+def test_gpu_opcheck_and_compile():
+    x = _awkward(33, 256, torch.bfloat16, seed=5).cuda()
+    torch.library.opcheck(op().default, (x, None, True, False, True, False),
+                          test_utils=("test_faketensor",))
+
+    @torch.compile(fullgraph=True)
+    def f(x):
+        values, gs = nvfp4.quantize_to_fp8(x)
+        return values.float() * gs
+
+    v, gs = ref.to_fp8_container(ref.quantize(x.cpu(), "fp8_exact", granularity="row"))
+    assert torch.equal(f(x).cpu(), v.float() * gs)
