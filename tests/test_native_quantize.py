@@ -2,7 +2,8 @@
 against solrl_kernels.nvfp4.reference, bit for bit.
 
 CPU (whenever _C is built): schema, fake implementation, argument errors of the C++ op and of
-its fake, and the public API's answer to backend="cuda" where the kernel cannot run. GPU
+its fake, the public API's answer to backend="cuda" where the kernel cannot run, and
+torch.compile(fullgraph=True) tracing of the CUDA route and of its eligibility checks. GPU
 (@pytest.mark.gpu, Hopper): every row tiling (rows sharing a warp, one CTA per row, ragged
 unit counts), both rules, per-row / per-tensor / given scales, row-major and blocked scales,
 the E4M3 container; awkward values (zero blocks and rows, signed zeros, subnormal inputs,
@@ -131,6 +132,26 @@ def test_cuda_path_checks_trace_under_compile(monkeypatch):
     want = 2 if "sm90a" in _backends.native_archs() else 3
     assert torch.equal(torch.compile(f, fullgraph=True, backend="eager")(x), x * want)
     assert torch.equal(torch.compile(f, fullgraph=True, backend="eager")(x.float()), x.float() * 3)
+
+
+def test_cuda_route_traces_fullgraph(monkeypatch):
+    """quantize_to_fp8 on the CUDA route (forced here on CPU tensors) traces into one graph
+    holding the op, through its fake implementation; the graph is not run."""
+    monkeypatch.setattr(api, "_cuda_unavailable_reason", lambda x2d, scale_search: None)
+    graphs = []
+
+    def trace_only(gm, example_inputs):
+        graphs.append(gm)
+        return lambda *args: (torch.zeros(1),)
+
+    def f(x):
+        values, gs = nvfp4.quantize_to_fp8(x)
+        return values.float() * gs
+
+    torch._dynamo.reset()
+    torch.compile(f, fullgraph=True, backend=trace_only)(torch.randn(8, 64, dtype=torch.bfloat16))
+    calls = [str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function"]
+    assert "solrl_kernels.nvfp4_quantize_rows" in calls, calls
 
 
 # ---------------------------------------------------------------------------------- GPU tests

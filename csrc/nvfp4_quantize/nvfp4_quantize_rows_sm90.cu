@@ -90,15 +90,6 @@ __device__ __forceinline__ float to_f32(uint32_t h) {
   }
 }
 
-// fp32 bits of max |element| over a unit's 4 words (8 elements).
-template <bool kHalf>
-__device__ __forceinline__ uint32_t unit_amax(const uint4& w) {
-  const uint32_t m = absmax_x2<kHalf>(absmax_x2<kHalf>(w.x, w.y), absmax_x2<kHalf>(w.z, w.w));
-  const uint32_t lo = as_bits(to_f32<kHalf>(m & 0x7FFFu));
-  const uint32_t hi = as_bits(to_f32<kHalf>((m >> 16) & 0x7FFFu));
-  return max(lo, hi);
-}
-
 // max over the threads of a row: a segment of tpr (power of two <= 32) lanes, or the CTA.
 __device__ __forceinline__ uint32_t row_max(uint32_t m, int tpr, uint32_t* red) {
   if (tpr <= 32) {
