@@ -13,9 +13,16 @@ samples (batch 1, and batch 4 as a rollout over several candidates batches them)
   * nvfp4+attn-fp8:    ... attention="fp8"
   * nvfp4+attn-pv:     ... attention="nvfp4_pv"
 Ratios are speed against bf16. Figures go to bench/results.json through record().
+
+test_bench_transformer_compiled (opt-in, SOLRL_BENCH_COMPILE=1: compiling takes minutes) times
+FLUX.1 under torch.compile, BF16 and rollout_mode(linear="nvfp4"): the profile
+(bench/transformer_profile.py, RESULTS §7a) puts 40% of an eager BF16 forward in unfused
+element-wise ops, which Inductor fuses. Written in session 6, not yet run.
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -124,3 +131,47 @@ def test_bench_transformer_forward(benchmark, model_name, batch):
                    full_depth=BLOCKS[model_name], layers_swapped=swapped[mode],
                    rel_diff_vs_bf16=errs[mode], timing="cuda_graph")
     assert all(n > 0 for n in swapped.values()), swapped
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(os.environ.get("SOLRL_BENCH_COMPILE") != "1",
+                    reason="compiles the model (minutes); set SOLRL_BENCH_COMPILE=1")
+def test_bench_transformer_compiled(benchmark):
+    """FLUX.1 widths, batch 1: eager BF16, torch.compile BF16 and torch.compile of
+    rollout_mode(linear="nvfp4"), timed in one run by CUDA-graph replay."""
+    from record import record
+
+    torch.manual_seed(0)
+    torch.cuda.empty_cache()
+    model, inputs = flux1_dev()
+    model = model.to("cuda", torch.bfloat16).eval()
+    inputs = {k: v.to("cuda", torch.bfloat16 if v.is_floating_point() else v.dtype)
+              for k, v in inputs.items()}
+
+    def forward(m):
+        return lambda: m(**inputs, return_dict=False)[0]
+
+    with torch.no_grad():
+        ref = forward(model)().float()
+        times, how = {}, {}
+        times["bf16"], how["bf16"] = gpu_ms(forward(model), 100)
+        torch._dynamo.reset()
+        times["bf16+compile"], how["bf16+compile"] = gpu_ms(forward(torch.compile(model)), 100)
+        with rollout_mode(model, linear="nvfp4"):
+            torch._dynamo.reset()
+            compiled = forward(torch.compile(model))
+            out = compiled().float()
+            err = float((out - ref).norm() / ref.norm())
+            times["nvfp4+compile"], how["nvfp4+compile"] = gpu_ms(compiled, 100)
+        benchmark.pedantic(forward(model), rounds=1, iterations=1)
+    print(f"\nflux1-dev, batch 1, compiled: bf16 eager {times['bf16']:.2f} ms, bf16 compiled "
+          f"{times['bf16+compile']:.2f} ms ({times['bf16'] / times['bf16+compile']:.2f}x), nvfp4 "
+          f"compiled {times['nvfp4+compile']:.2f} ms ({times['bf16'] / times['nvfp4+compile']:.2f}x "
+          f"eager bf16, {times['bf16+compile'] / times['nvfp4+compile']:.2f}x compiled bf16; "
+          f"rel. diff {err:.3f}); timing {how}")
+    record("transformer/flux1-dev[bf16+compile]", "forward ms", times["bf16+compile"],
+           "bf16 forward (eager)", times["bf16"], higher_is_better=False,
+           timing=how["bf16+compile"])
+    record("transformer/flux1-dev[nvfp4+compile]", "forward ms", times["nvfp4+compile"],
+           "bf16 forward (compiled)", times["bf16+compile"], higher_is_better=False,
+           rel_diff_vs_bf16=err, timing=how["nvfp4+compile"])

@@ -10,6 +10,8 @@
 #   block        a FLUX.1 single-stream block's 5 linears, NVFP4 (activation reuse on/off) vs BF16
 #   transformer  FLUX.1 / SD3.5-L / SANA forward at real widths (few blocks), batch 1 and 4:
 #                BF16 vs rollout_mode                                        (~0.7 min + batch 4)
+#   transformer-compile  FLUX.1 widths under torch.compile: BF16 vs rollout_mode (not yet run;
+#                compiling takes minutes)
 #   profile      FLUX.1-width forward under torch.profiler: GPU time by kernel category, BF16 vs
 #                rollout_mode (bench/transformer_profile.py; PROFILE_ARGS="--batch 4")  (~1 min)
 #   host         where an eager nvfp4_linear call spends its host time (bench/host_profile.py)
@@ -25,7 +27,7 @@
 # Then copy $OUT/results.json over bench/results.json (records replace older ones by key) and
 # unpack $OUT/logs.tgz (a device call returns at most ~8 files: everything else is archived).
 set -uo pipefail
-PARTS="build tests ktests quant quant-sweep gemm gemm-sweep gemm-tune block transformer profile host attn attn-sweep toy pretrain"
+PARTS="build tests ktests quant quant-sweep gemm gemm-sweep gemm-tune block transformer transformer-compile profile host attn attn-sweep toy pretrain"
 [ $# -gt 0 ] || set -- help
 for p in "$@"; do
   case " $PARTS " in *" $p "*) ;; *) echo "usage: $0 PART [PART ...], PART in: $PARTS"; exit 2 ;; esac
@@ -89,6 +91,9 @@ part() {
   transformer)
     timeout 420 python3 -m pytest -q -p no:cacheprovider bench/test_bench_transformer.py --benchmark-enable -s \
       2>&1 | tee "$OUT/transformer_bench.log" | grep -E "blocks|passed|failed|Error" ;;
+  transformer-compile)
+    SOLRL_BENCH_COMPILE=1 timeout 540 python3 -m pytest -q -p no:cacheprovider bench/test_bench_transformer.py \
+      -k compiled --benchmark-enable -s 2>&1 | tee "$OUT/transformer_compile.log" | grep -E "compiled|passed|failed|Error" ;;
   profile)
     timeout 240 python3 bench/transformer_profile.py ${PROFILE_ARGS:-} 2>&1 | tee "$OUT/transformer_profile.log" \
       | grep -vE "^\s+[0-9.]+ ms  " ;;
