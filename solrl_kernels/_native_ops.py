@@ -53,7 +53,8 @@ Ops (schemas in csrc/ops.cpp):
     when a scale is given) are empty tensors.
 
 ``torch.ops.solrl_kernels.compiled_archs() -> list[str]``
-    Kernel families in this build: a subset of ["sm90a", "sm100a"].
+    Kernel families in this build: a subset of ["sm90a", "sm100a"] (read it through
+    :func:`solrl_kernels._backends.native_archs`, which asks once).
 
 ``torch.ops.solrl_kernels.stream_capture_id(device) -> int``
     The id of the CUDA stream capture (graph capture) in progress on the current stream of
@@ -232,8 +233,3 @@ def _nvfp4_quantize_rows_fake(x, global_scale, fp8_exact, blocked, write_packed,
     gs = x.new_empty((0 if global_scale is not None else R,), dtype=torch.float32)
     fp8 = x.new_empty((R, K) if write_fp8 else (0,), dtype=torch.float8_e4m3fn)
     return data, scales, gs, fp8
-
-
-def compiled_archs() -> list[str]:
-    """Kernel families compiled into solrl_kernels._C: a subset of ["sm90a", "sm100a"]."""
-    return list(torch.ops.solrl_kernels.compiled_archs())

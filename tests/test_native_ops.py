@@ -85,7 +85,7 @@ def test_schemas_registered():
     }
     for name, schema in expected.items():
         assert str(getattr(ops(), name).default._schema) == schema
-    archs = _native_ops.compiled_archs()
+    archs = _backends.native_archs()
     assert set(archs) <= {"sm90a", "sm100a"}, archs
 
 
@@ -171,7 +171,7 @@ def test_fp8_gemm_sm90_bad_inputs(kw, exc, match, impl):
 
 def test_fp8_gemm_sm90_valid_cpu_inputs_say_cuda_or_arch():
     a, b, sa, sb, bias = _fp8_inputs(40, 24, 64, per_row=False)
-    match = "CUDA tensors only" if "sm90a" in _native_ops.compiled_archs() else "9.0a"
+    match = "CUDA tensors only" if "sm90a" in _backends.native_archs() else "9.0a"
     with pytest.raises((ValueError, RuntimeError), match=match):
         ops().fp8_gemm_sm90(a, b, sa, sb, bias, "gelu_tanh", torch.float16)
 
@@ -193,15 +193,14 @@ def test_nvfp4_gemm_sm100_bad_inputs_cpu():
                                torch.bfloat16)
     with pytest.raises(TypeError, match="alpha must be"):
         ops().nvfp4_gemm_sm100(ad, asc, bd, bsc, alpha.double(), None, torch.bfloat16)
-    match = "CUDA tensors only" if "sm100a" in _native_ops.compiled_archs() else "10.0a"
+    match = "CUDA tensors only" if "sm100a" in _backends.native_archs() else "10.0a"
     with pytest.raises((ValueError, RuntimeError), match=match):
         ops().nvfp4_gemm_sm100(ad, asc, bd, bsc, alpha, None, torch.bfloat16)
 
 
 # ---------------------------------------------------------------------------------- GPU tests
 needs_hopper = pytest.mark.skipif(
-    cap_major() != 9 or "sm90a" not in (_native_ops.compiled_archs()
-                                        if _backends.native_ops_available() else []),
+    cap_major() != 9 or "sm90a" not in _backends.native_archs(),
     reason="needs an sm_90 GPU and a build with TORCH_CUDA_ARCH_LIST containing 9.0a",
 )
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from .._backends import (
     cuda_fp8_capable,
+    device_capability,
     triton_available,
     triton_interpreting,
     triton_unavailable_reason,
@@ -82,8 +83,8 @@ def kernel_unavailable_reason(device: torch.device | str) -> str:
     dev = torch.device(device)
     if not triton_available(dev):
         return triton_unavailable_reason()
-    if dev.type == "cuda" and torch.cuda.get_device_capability(dev) < (8, 9):
-        cap = torch.cuda.get_device_capability(dev)
+    if dev.type == "cuda" and not cuda_fp8_capable(dev):
+        cap = device_capability(dev)
         return f"GPU sm_{cap[0]}{cap[1]} has no FP8 tensor cores (needs sm_89 or newer)"
     return f"no Triton attention kernel for device {dev}"
 
