@@ -88,18 +88,25 @@ def sana_1600m(layers: int = 4, latent: int = 32, text_tokens: int = 300, batch:
 BUILDERS = {"flux1-dev": flux1_dev, "sd35-large": sd35_large, "sana-1.6b": sana_1600m}
 
 
+def on_gpu(builder, batch: int = 1):
+    """builder(batch=...) with seed 0 -> (model bf16 on the GPU in eval mode, its inputs there:
+    floating ones bf16)."""
+    torch.manual_seed(0)
+    torch.cuda.empty_cache()
+    model, inputs = builder(batch=batch)
+    model = model.to("cuda", torch.bfloat16).eval()
+    inputs = {k: v.to("cuda", torch.bfloat16 if v.is_floating_point() else v.dtype)
+              for k, v in inputs.items()}
+    return model, inputs
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("batch", [1, 4])
 @pytest.mark.parametrize("model_name", list(BUILDERS))
 def test_bench_transformer_forward(benchmark, model_name, batch):
     from record import record
 
-    torch.manual_seed(0)
-    torch.cuda.empty_cache()
-    model, inputs = BUILDERS[model_name](batch=batch)
-    model = model.to("cuda", torch.bfloat16).eval()
-    inputs = {k: v.to("cuda", torch.bfloat16 if v.is_floating_point() else v.dtype)
-              for k, v in inputs.items()}
+    model, inputs = on_gpu(BUILDERS[model_name], batch)
     n_blocks = sum(len(getattr(model, n)) for n in ("transformer_blocks",
                                                       "single_transformer_blocks")
                    if hasattr(model, n))
@@ -141,12 +148,7 @@ def test_bench_transformer_compiled(benchmark):
     rollout_mode(linear="nvfp4"), timed in one run by CUDA-graph replay."""
     from record import record
 
-    torch.manual_seed(0)
-    torch.cuda.empty_cache()
-    model, inputs = flux1_dev()
-    model = model.to("cuda", torch.bfloat16).eval()
-    inputs = {k: v.to("cuda", torch.bfloat16 if v.is_floating_point() else v.dtype)
-              for k, v in inputs.items()}
+    model, inputs = on_gpu(flux1_dev)
 
     def forward(m):
         return lambda: m(**inputs, return_dict=False)[0]

@@ -20,7 +20,7 @@ from collections import defaultdict
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_bench_transformer import MODES, flux1_dev  # noqa: E402
+from test_bench_transformer import MODES, flux1_dev, on_gpu  # noqa: E402
 
 from solrl_kernels.nn import rollout_mode  # noqa: E402
 
@@ -74,11 +74,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--top", type=int, default=12)
     args = ap.parse_args()
-    torch.manual_seed(0)
-    model, inputs = flux1_dev(batch=args.batch)
-    model = model.to("cuda", torch.bfloat16).eval()
-    inputs = {k: v.to("cuda", torch.bfloat16 if v.is_floating_point() else v.dtype)
-              for k, v in inputs.items()}
+    model, inputs = on_gpu(flux1_dev, args.batch)
     print(f"FLUX.1-dev widths, 2 double + 4 single blocks, batch {args.batch}, 1024 px; "
           f"GPU kernel time per forward (ms), torch {torch.__version__}")
     for mode in args.modes.split(","):
