@@ -227,6 +227,31 @@ def test_gpu_large_both_outputs_one_call():
 
 @pytest.mark.gpu
 @needs_cuda_quantizer
+@pytest.mark.parametrize("K", [16, 1040, 3072])
+def test_gpu_persistent_ctas_loop_over_rows(K):
+    """Several times more rows than resident CTAs: each CTA loops over row groups, staging the
+    next group's loads while it quantizes the current one (rows sharing a warp, 64- and
+    96-thread CTAs; the awkward rows are re-planted where the second and third laps start)."""
+    R = (1 << 24) // K + 3
+    x = _awkward(R, K, torch.bfloat16, seed=K + 1)
+    for start in (R // 3, 2 * R // 3):
+        x[start:start + 6] = x[:6]
+    data, scales, gs, fp8 = op()(x.cuda(), None, True, False, True, True)
+    b = ref.quantize(x, "fp8_exact", granularity="row")
+    assert torch.equal(data.cpu(), b.data)
+    assert torch.equal(scales.cpu(), b.scales.view(torch.uint8))
+    assert torch.equal(gs.cpu(), b.global_scale.reshape(-1))
+    assert torch.equal(fp8.view(torch.uint8).cpu(), ref.to_fp8_container(b)[0].view(torch.uint8))
+    gs_rows = torch.rand(R, 1) * 0.02 + 1e-4
+    assert_same_nvfp4(
+        nvfp4.quantize(x.cuda(), "rn", granularity="row", check_finite=False,
+                       global_scale=gs_rows.cuda(), scale_layout="blocked", backend="cuda"),
+        nvfp4.quantize(x, "rn", granularity="row", check_finite=False, global_scale=gs_rows,
+                       scale_layout="blocked", backend="reference"))
+
+
+@pytest.mark.gpu
+@needs_cuda_quantizer
 def test_gpu_views_empty_and_fallbacks():
     x = _awkward(64, 1040, torch.bfloat16, seed=3).cuda()
     view = x[:, 16:1040]  # row stride 1040 (a multiple of 8), 32-byte offset: the kernel runs
@@ -241,6 +266,8 @@ def test_gpu_views_empty_and_fallbacks():
         v, gs, *ref.to_fp8_container(ref.quantize(odd.cpu(), "fp8_exact", granularity="row")))
     assert api._path("auto", x, False, container=True) == "cuda"
     assert api._path("auto", x, False, container=False) == "triton"  # packed: Triton is faster
+    assert api._path("auto", x, False, container=False, row_scale=True) == "cuda"  # K = 1040
+    assert api._path("auto", x[:, :1024], False, container=False, row_scale=True) == "triton"
     assert api._path("auto", x.float(), False, container=True) == "triton"
     assert api._path("auto", x, True, container=True) == "triton"  # scale search
     e = nvfp4.quantize(x[:0], backend="cuda")

@@ -31,6 +31,7 @@ namespace {
 
 constexpr int kBlocksPerThread = 2;
 constexpr int kThreadsShared = 128;  // CTA size when rows share warps
+constexpr int kMaxThreads = 1024;
 constexpr uint32_t kBitsExactMin = 0x3C000000u;    // 2^-7   (FP8_EXACT_SCALE_MIN)
 constexpr uint32_t kBitsExactMax = 0x42800000u;    // 64.0f  (FP8_EXACT_SCALE_MAX)
 constexpr uint32_t kBitsE4m3Min = 0x3B000000u;     // 2^-9   (E4M3_MIN_SUBNORMAL)
@@ -97,16 +98,12 @@ __device__ __forceinline__ uint32_t row_max(uint32_t m, int tpr, uint32_t* red) 
     return m;
   }
   for (int off = 16; off > 0; off >>= 1) m = max(m, __shfl_xor_sync(0xFFFFFFFFu, m, off));
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) red[warp] = m;
+  const int lane = threadIdx.x % 32;
+  if (lane == 0) red[threadIdx.x / 32] = m;
   __syncthreads();
-  if (warp == 0) {
-    m = lane < static_cast<int>(blockDim.x / 32) ? red[lane] : 0u;
-    for (int off = 16; off > 0; off >>= 1) m = max(m, __shfl_xor_sync(0xFFFFFFFFu, m, off));
-    if (lane == 0) red[0] = m;
-  }
-  __syncthreads();
-  return red[0];
+  m = lane < static_cast<int>(blockDim.x / 32) ? red[lane] : 0u;  // every warp reduces them
+  for (int off = 16; off > 0; off >>= 1) m = max(m, __shfl_xor_sync(0xFFFFFFFFu, m, off));
+  return m;
 }
 
 // reference.round_up_one_bit then the clamp to [2^-7, 64], on the bits of s >= 0.
@@ -161,10 +158,91 @@ __device__ __forceinline__ int64_t blocked_offset(int64_t row, int col, int n_co
   return tile * 512 + (row % 32) * 16 + ((row % 128) / 32) * 4 + col % 4;
 }
 
+// The sign bits of the 8 elements in words w0..w3 (2 elements each, sign bits 15 and 31), at
+// bit 3 of nibble e (bits 3, 7, ..., 31) as the packed layout wants them, others zero.
+// prmt selector nibbles 8 + i replicate the sign bit of byte i over the output byte:
+// a = (e0, e1, o0, o1), b = (e2, e3, o2, o3) for even / odd elements e_j = 2j, o_j = 2j + 1;
+// the even bytes then fill the low nibbles and the odd ones the high nibbles.
+__device__ __forceinline__ uint32_t sign_nibbles(uint32_t w0, uint32_t w1, uint32_t w2,
+                                                 uint32_t w3) {
+  uint32_t a, b, ev, od, d;
+  asm("prmt.b32 %0, %1, %2, 0xFBD9;" : "=r"(a) : "r"(w0), "r"(w1));
+  asm("prmt.b32 %0, %1, %2, 0xFBD9;" : "=r"(b) : "r"(w2), "r"(w3));
+  asm("prmt.b32 %0, %1, %2, 0x5410;" : "=r"(ev) : "r"(a), "r"(b));
+  asm("prmt.b32 %0, %1, %2, 0x7632;" : "=r"(od) : "r"(a), "r"(b));
+  asm("lop3.b32 %0, %1, %2, 0x08080808, 0xD8;" : "=r"(d) : "r"(od), "r"(ev));  // c ? b : a
+  return d & 0x88888888u;
+}
+
+// One 16-element block as loaded: 8 words of 2 elements (element 2j in the low half of word j).
+struct Block {
+  uint4 lo, hi;
+};
+
+// The row's decode scale(s) as the blocks need them: gs, and for "fp8_exact" with a computed
+// gs the reciprocals RN(1 / gs), RN(1 / RN(1.5 gs)) of the two mantissas of its scale grid
+// (nvfp4/kernels.py _grid_reciprocals / _grid_inverse: no division per block).
+struct RowScale {
+  float gs, r1, r15;
+  bool grid;  // r1 / r15 valid
+};
+
+// RN(1 / RN(s * gs)) for the block scale s.
+__device__ __forceinline__ float block_inverse(float scale, const RowScale& rs) {
+  if (rs.grid) {  // s in {1, 1.5} * 2^e: RN(1 / (m * gs * 2^e)) = RN(1 / RN(m * gs)) * 2^-e
+    const uint32_t sb = as_bits(scale);
+    const uint32_t r = as_bits((sb & 0x400000u) ? rs.r15 : rs.r1);
+    return as_float(r - (sb & 0x7F800000u) + 0x3F800000u);
+  }
+  return rcp_rn(mul_rn(scale, rs.gs));
+}
+
+// Block b of `row` (amax: its fp32 bits) -> its scale byte and its codes and/or E4M3 values.
 // kPacked: write data + scales; kFp8: write the E4M3 container (compile-time: the unused
-// output's arithmetic disappears)
+// output's arithmetic disappears).
 template <bool kHalf, bool kPacked, bool kFp8>
-__global__ void __launch_bounds__(1024) nvfp4_quantize_rows_kernel(const Nvfp4QuantizeParams p) {
+__device__ __forceinline__ void quantize_block(const Nvfp4QuantizeParams& p, const Block& blk,
+                                               uint32_t amax, const RowScale& rs, int64_t row,
+                                               int b) {
+  const uint32_t ideal = as_bits(div_rn(div_rn(as_float(amax), 6.0f), rs.gs));
+  const float scale = as_float(p.fp8_exact ? fp8_exact_scale(ideal) : rn_scale(ideal));
+  const float inv = block_inverse(scale, rs);
+  const uint32_t words[8] = {blk.lo.x, blk.lo.y, blk.lo.z, blk.lo.w,
+                             blk.hi.x, blk.hi.y, blk.hi.z, blk.hi.w};
+  uint32_t codes[2] = {0, 0}, fp8[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {  // word j: elements 2j (low half) and 2j + 1
+    const float y0 = mul_rn(to_f32<kHalf>(words[j] & 0xFFFFu), inv);
+    const float y1 = mul_rn(to_f32<kHalf>(words[j] >> 16), inv);
+    const E2m1 r0 = e2m1_round(y0), r1 = e2m1_round(y1);
+    if constexpr (kPacked) {  // 8 magnitude indices per word; funnel shifts push earlier ones down
+      uint32_t& c = codes[j / 4];
+      c = __funnelshift_r(c, r0.t, 4);
+      c = __funnelshift_r(c, r1.t, 4);
+    }
+    if constexpr (kFp8) {  // (e2m1 value with y's sign) * s_blk: an E4M3 number
+      const float v0 = mul_rn(as_float(as_bits(r0.magnitude) | (as_bits(y0) & 0x80000000u)), scale);
+      const float v1 = mul_rn(as_float(as_bits(r1.magnitude) | (as_bits(y1) & 0x80000000u)), scale);
+      fp8[j] = e4m3x2(v0, v1);
+    }
+  }
+  if constexpr (kPacked) {  // y = x * inv keeps x's sign: the sign bits come from x's words
+    reinterpret_cast<uint2*>(p.data + row * (p.K / 2))[b] =
+        make_uint2(codes[0] | sign_nibbles(words[0], words[1], words[2], words[3]),
+                   codes[1] | sign_nibbles(words[4], words[5], words[6], words[7]));
+    const int blocks = p.K / 16;
+    const int64_t off = p.blocked ? blocked_offset(row, b, (blocks + 3) / 4) : row * blocks + b;
+    p.scales[off] = static_cast<uint8_t>(e4m3x2(scale, 0.0f) & 0xFFu);
+  }
+  if constexpr (kFp8) {
+    reinterpret_cast<uint4*>(p.fp8 + row * p.K)[b] =
+        make_uint4(fp8[0] | (fp8[1] << 16), fp8[2] | (fp8[3] << 16),
+                   fp8[4] | (fp8[5] << 16), fp8[6] | (fp8[7] << 16));
+  }
+}
+
+template <bool kHalf, bool kPacked, bool kFp8>
+__global__ void __launch_bounds__(kMaxThreads) nvfp4_quantize_rows_kernel(const Nvfp4QuantizeParams p) {
   __shared__ uint32_t red[32];
   const int tpr = p.threads_per_row;  // == blockDim.x, or a power of two <= 32
   int lane_in_row;
@@ -181,19 +259,19 @@ __global__ void __launch_bounds__(1024) nvfp4_quantize_rows_kernel(const Nvfp4Qu
   const uint4* src =
       reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(p.x) + (row_ok ? row : 0) * p.ld_x);
 
-  uint4 w[kBlocksPerThread][2];
-  uint32_t amax[kBlocksPerThread];  // fp32 bits of the block amax
+  Block blk[kBlocksPerThread];
 #pragma unroll
   for (int i = 0; i < kBlocksPerThread; ++i) {
     const int b = lane_in_row + i * tpr;
     const bool ok = row_ok && b < blocks;
-    w[i][0] = ok ? __ldg(src + 2 * b) : make_uint4(0, 0, 0, 0);
-    w[i][1] = ok ? __ldg(src + 2 * b + 1) : make_uint4(0, 0, 0, 0);
+    blk[i].lo = ok ? __ldg(src + 2 * b) : make_uint4(0, 0, 0, 0);
+    blk[i].hi = ok ? __ldg(src + 2 * b + 1) : make_uint4(0, 0, 0, 0);
   }
+  uint32_t amax[kBlocksPerThread];  // fp32 bits of the block amax
   uint32_t amax_thread = 0;
 #pragma unroll
   for (int i = 0; i < kBlocksPerThread; ++i) {
-    const uint4 &u = w[i][0], &v = w[i][1];
+    const uint4 &u = blk[i].lo, &v = blk[i].hi;
     const uint32_t m = absmax_x2<kHalf>(
         absmax_x2<kHalf>(absmax_x2<kHalf>(u.x, u.y), absmax_x2<kHalf>(u.z, u.w)),
         absmax_x2<kHalf>(absmax_x2<kHalf>(v.x, v.y), absmax_x2<kHalf>(v.z, v.w)));
@@ -201,69 +279,51 @@ __global__ void __launch_bounds__(1024) nvfp4_quantize_rows_kernel(const Nvfp4Qu
     amax_thread = max(amax_thread, amax[i]);
   }
 
-  float gs;
+  RowScale rs;
   if (p.gs_in == nullptr) {  // per-row global scale: amax / (6 * S_MAX), 1 for a zero row
     const uint32_t m = row_max(amax_thread, tpr, red);
     const uint32_t q = as_bits(div_rn(as_float(m), p.fp8_exact ? 384.0f : 2688.0f));
-    gs = m != 0 ? as_float(max(q, kBitsGlobalScaleMin)) : 1.0f;
-    if (row_ok && lane_in_row == 0) p.gs_out[row] = gs;
+    rs.gs = m != 0 ? as_float(max(q, kBitsGlobalScaleMin)) : 1.0f;
+    rs.grid = p.fp8_exact;
+    if (rs.grid) {
+      rs.r1 = rcp_rn(rs.gs);
+      rs.r15 = rcp_rn(mul_rn(1.5f, rs.gs));
+    }
+    if (row_ok && lane_in_row == 0) p.gs_out[row] = rs.gs;
   } else {
-    gs = p.gs_in[p.gs_per_row && row_ok ? row : 0];
+    rs.gs = p.gs_in[p.gs_per_row && row_ok ? row : 0];
+    rs.grid = false;
   }
   if (!row_ok) return;
-
-  const int n_col_blocks = (blocks + 3) / 4;
 #pragma unroll
   for (int i = 0; i < kBlocksPerThread; ++i) {
     const int b = lane_in_row + i * tpr;
-    if (b >= blocks) break;
-    const uint32_t ideal = as_bits(div_rn(div_rn(as_float(amax[i]), 6.0f), gs));
-    const float scale = as_float(p.fp8_exact ? fp8_exact_scale(ideal) : rn_scale(ideal));
-    const float inv = rcp_rn(mul_rn(scale, gs));
-    const uint32_t words[8] = {w[i][0].x, w[i][0].y, w[i][0].z, w[i][0].w,
-                               w[i][1].x, w[i][1].y, w[i][1].z, w[i][1].w};
-    uint32_t codes[2] = {0, 0}, signs[2] = {0, 0}, fp8[8];
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {  // word j: elements 2j (low half) and 2j + 1
-      const float y0 = mul_rn(to_f32<kHalf>(words[j] & 0xFFFFu), inv);
-      const float y1 = mul_rn(to_f32<kHalf>(words[j] >> 16), inv);
-      const E2m1 r0 = e2m1_round(y0), r1 = e2m1_round(y1);
-      if constexpr (kPacked) {  // 8 codes per word; funnel shifts push earlier ones down
-        uint32_t& c = codes[j / 4];
-        c = __funnelshift_r(c, r0.t, 4);
-        c = __funnelshift_r(c, r1.t, 4);
-        signs[j / 4] |= ((as_bits(y0) >> 31) << (8 * (j % 4) + 3)) |
-                        ((as_bits(y1) >> 31) << (8 * (j % 4) + 7));
-      }
-      if constexpr (kFp8) {  // (e2m1 value with y's sign) * s_blk: an E4M3 number
-        const float v0 = mul_rn(as_float(as_bits(r0.magnitude) | (as_bits(y0) & 0x80000000u)), scale);
-        const float v1 = mul_rn(as_float(as_bits(r1.magnitude) | (as_bits(y1) & 0x80000000u)), scale);
-        fp8[j] = e4m3x2(v0, v1);
-      }
-    }
-    if constexpr (kPacked) {
-      reinterpret_cast<uint2*>(p.data + row * (p.K / 2))[b] =
-          make_uint2(codes[0] | signs[0], codes[1] | signs[1]);
-      const int64_t off = p.blocked ? blocked_offset(row, b, n_col_blocks) : row * blocks + b;
-      p.scales[off] = static_cast<uint8_t>(e4m3x2(scale, 0.0f) & 0xFFu);
-    }
-    if constexpr (kFp8) {
-      reinterpret_cast<uint4*>(p.fp8 + row * p.K)[b] =
-          make_uint4(fp8[0] | (fp8[1] << 16), fp8[2] | (fp8[3] << 16),
-                     fp8[4] | (fp8[5] << 16), fp8[6] | (fp8[7] << 16));
-    }
+    if (b < blocks) quantize_block<kHalf, kPacked, kFp8>(p, blk[i], amax[i], rs, row, b);
   }
 }
 
 }  // namespace
 
-static_assert(kNvfp4QuantizeRowsMaxK == 1024 * kBlocksPerThread * 16, "launchers.h");
+static_assert(kNvfp4QuantizeRowsMaxK == kMaxThreads * kBlocksPerThread * 16, "launchers.h");
+
+namespace {
+
+using KernelFn = void (*)(Nvfp4QuantizeParams);
+
+template <bool kHalf>
+KernelFn pick_kernel(bool packed, bool fp8) {
+  return packed ? (fp8 ? nvfp4_quantize_rows_kernel<kHalf, true, true>
+                       : nvfp4_quantize_rows_kernel<kHalf, true, false>)
+                : nvfp4_quantize_rows_kernel<kHalf, false, true>;
+}
+
+}  // namespace
 
 void nvfp4_quantize_rows_sm90(const Nvfp4QuantizeParams& params) {
   Nvfp4QuantizeParams p = params;
   const int blocks = p.K / 16;
   const int need = (blocks + kBlocksPerThread - 1) / kBlocksPerThread;  // threads per row
-  if (p.K <= 0 || p.K % 16 != 0 || need > 1024) {
+  if (p.K <= 0 || p.K % 16 != 0 || need > kMaxThreads) {
     throw std::runtime_error("nvfp4_quantize_rows: K must be a positive multiple of 16 up to " +
                              std::to_string(kNvfp4QuantizeRowsMaxK) + ", got " +
                              std::to_string(p.K));
@@ -278,17 +338,12 @@ void nvfp4_quantize_rows_sm90(const Nvfp4QuantizeParams& params) {
     p.threads_per_row = threads = (need + 31) / 32 * 32;
   }
   const int rows_per_cta = threads / p.threads_per_row;
-  const int64_t grid = (static_cast<int64_t>(p.R) + rows_per_cta - 1) / rows_per_cta;
+  const int64_t grid = (p.R + rows_per_cta - 1) / rows_per_cta;
   if (grid == 0) return;
   if (grid > INT32_MAX) throw std::runtime_error("nvfp4_quantize_rows: too many rows");
   const bool packed = p.data != nullptr, fp8 = p.fp8 != nullptr;
   if (!packed && !fp8) throw std::runtime_error("nvfp4_quantize_rows: no output");
-  auto kernel = p.fp16 ? (packed ? (fp8 ? nvfp4_quantize_rows_kernel<true, true, true>
-                                        : nvfp4_quantize_rows_kernel<true, true, false>)
-                                 : nvfp4_quantize_rows_kernel<true, false, true>)
-                       : (packed ? (fp8 ? nvfp4_quantize_rows_kernel<false, true, true>
-                                        : nvfp4_quantize_rows_kernel<false, true, false>)
-                                 : nvfp4_quantize_rows_kernel<false, false, true>);
+  const KernelFn kernel = p.fp16 ? pick_kernel<true>(packed, fp8) : pick_kernel<false>(packed, fp8);
   kernel<<<static_cast<unsigned>(grid), threads, 0, p.stream>>>(p);
 }
 

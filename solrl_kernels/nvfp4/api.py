@@ -1,16 +1,17 @@
 """Public NVFP4 functions: one entry point each, choosing a kernel or the reference.
 
-``backend="auto"`` runs, in this order of preference: for the E4M3 container
-(:func:`quantize_to_fp8`), the CUDA row quantizer of csrc/ (Hopper, bf16/fp16 input, no scale
-search: torch.ops.solrl_kernels.nvfp4_quantize_rows); then the Triton kernels where they can
-run (CUDA tensors; CPU tensors under TRITON_INTERPRET=1); then the plain-torch reference. All
-give the same bits. "cuda", "triton" and "reference" force one path (an unavailable one raises
-RuntimeError saying why).
+``backend="auto"`` runs, in this order of preference: the CUDA row quantizer of csrc/
+(Hopper, bf16/fp16 input, no scale search: torch.ops.solrl_kernels.nvfp4_quantize_rows) for
+the E4M3 container (:func:`quantize_to_fp8`) and for packed outputs with per-row scales when K
+is not a power of two; then the Triton kernels where they can run (CUDA tensors; CPU tensors
+under TRITON_INTERPRET=1); then the plain-torch reference. All give the same bits. "cuda",
+"triton" and "reference" force one path (an unavailable one raises RuntimeError saying why).
 
-Why the container only: on the H200 (bench/RESULTS.md §2, session 6) the CUDA kernel writes
-the container at 0.86-0.89x copy bandwidth for every row length (Triton: 0.73-0.77x at K = 5120
-and 3072, 0.91x at 8192) with a third of the host time, while for the packed 4-bit outputs the
-Triton kernel is mostly faster (rn with a given scale: 0.83-0.88x against 0.76x).
+Why that split, measured on the H200 (bench/RESULTS.md §2, session 7; x copy bandwidth at
+K = 8192 / 5120 / 3072): the container, CUDA 0.88 / 0.88 / 0.89 against Triton 0.91 / 0.73 /
+0.78, with a third of the host time; packed fp8_exact with per-row scales, CUDA 0.72 / 0.74 /
+0.75 against Triton 0.79 / 0.62 / 0.65 (Triton's power-of-two tiles walk other rows twice);
+packed with a given scale, Triton 0.83 / 0.88 / 0.88 against CUDA 0.83 / 0.81 / 0.82.
 """
 
 from __future__ import annotations
@@ -79,11 +80,19 @@ def _cuda_limits_reason(x2d: torch.Tensor, scale_search: bool, device: torch.dev
     return None
 
 
-def _path(backend: Backend, x2d: torch.Tensor, scale_search: bool, container: bool) -> str:
+def _path(backend: Backend, x2d: torch.Tensor, scale_search: bool, container: bool,
+          row_scale: bool = False) -> str:
     """"cuda", "triton" or "reference" for quantizing x2d (R, K) with unit last stride;
-    container: the output is the E4M3 container (else the packed format)."""
+    container: the output is the E4M3 container (else the packed format); row_scale: the
+    packed format with per-row scales computed from the rows.
+
+    "auto" takes the CUDA kernel where it was measured faster (bench/RESULTS.md §2): always
+    for the container, and for per-row scales when K is not a power of two (Triton's
+    power-of-two tiles walk such rows twice); Triton for the rest of the packed formats."""
     _check_backend(backend)
-    if backend == "cuda" or (backend == "auto" and container):
+    K = x2d.shape[-1]
+    cuda_first = container or (row_scale and K & (K - 1) != 0)
+    if backend == "cuda" or (backend == "auto" and cuda_first):
         why = _cuda_unavailable_reason(x2d, scale_search)
         if why is None:
             return "cuda"
@@ -174,7 +183,8 @@ def quantize(
     ref.check_options(scale_rule, scale_search, granularity, scale_layout)
     blocked = scale_layout == "blocked"
     x2d = _rows(x)
-    path = _path(backend, x2d, scale_search, container=False)
+    row_scale = granularity == "row" and global_scale is None
+    path = _path(backend, x2d, scale_search, container=False, row_scale=row_scale)
     if path == "reference":
         t = ref.quantize(x, scale_rule, scale_search, granularity, False, global_scale)
         if blocked:
