@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from solrl_kernels import nvfp4
+from solrl_kernels.attention.processors import attention_stats
 from solrl_kernels.gemm import prepare_weight
 from solrl_kernels.gemm.reference import nvfp4_linear_reference, relative_error
 from solrl_kernels.nn import (
@@ -184,6 +185,29 @@ def test_rollout_mode_tiny_models(make, storage):
 
 
 @needs_diffusers
+def test_rollout_mode_compiles_fullgraph():
+    """torch.compile(fullgraph=True) traces a transformer in rollout_mode, NVFP4 linears and
+    fp8 attention processors included (head dim 64: the SDPA calls are quantized), and gives
+    the eager outputs."""
+    model = diffusers.FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=64,
+        num_attention_heads=1, joint_attention_dim=32, pooled_projection_dim=32,
+        axes_dims_rope=(16, 24, 24))
+    _, inputs = tiny_flux()
+    model, inputs = to_bf16(model, inputs)
+    with torch.no_grad(), rollout_mode(model, linear="nvfp4", attention="fp8", min_features=0):
+        eager = model(**inputs, return_dict=False)[0]
+        before = attention_stats(model).quantized
+        torch._dynamo.reset()
+        out = torch.compile(model, fullgraph=True, backend="aot_eager")(**inputs,
+                                                                       return_dict=False)[0]
+        quantized = attention_stats(model).quantized - before
+    assert quantized == 2, quantized  # one joint (double-stream) and one single-stream SDPA
+    assert torch.allclose(out.float(), eager.float(), rtol=1e-2, atol=1e-2)
+    assert relative_error(out, eager) < 1e-3
+
+
+@needs_diffusers
 def test_gelu_fusion_and_conv_swaps():
     flux, _ = tiny_flux()
     with rollout_mode(flux, min_features=0):
@@ -302,7 +326,6 @@ def add_lora(model, targets, seed=5, **kw):
     return model
 
 
-@needs_diffusers
 @needs_diffusers
 @pytest.mark.parametrize("make,targets", [
     pytest.param(tiny_flux, ["to_q", "to_k", "to_v", "to_out.0", "proj_mlp"], id="flux"),

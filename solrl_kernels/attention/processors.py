@@ -99,10 +99,19 @@ class QuantizedAttnProcessor:
     processor: the original processor (kept as ``.processor``; restored by the function
         :func:`set_attention_precision` returns).
     precision: "bf16" | "fp8" | "nvfp4" | "nvfp4_pv". config: what the quantized attention
-    computes.
+        computes.
     The wrapper reports the original ``__call__``'s signature (diffusers' FluxAttention
-    filters keyword arguments by it) and forwards unknown attributes to the original.
+    filters keyword arguments by it) and forwards unknown attributes to the original. For
+    that, an instance is of a subclass made per original processor class, whose ``__call__``
+    carries the original's signature: a class attribute, so torch.compile traces the call
+    (Dynamo cannot call an object whose ``__call__`` is an instance attribute).
     """
+
+    def __new__(cls, processor, precision: Precision, config: AttentionQuantConfig = DEFAULT_CONFIG):
+        if cls is QuantizedAttnProcessor:
+            inner = processor.processor if isinstance(processor, QuantizedAttnProcessor) else processor
+            cls = _wrapper_class(type(inner))
+        return super().__new__(cls)
 
     def __init__(
         self, processor, precision: Precision, config: AttentionQuantConfig = DEFAULT_CONFIG
@@ -116,19 +125,9 @@ class QuantizedAttnProcessor:
         self.config = config
         self.stats = SDPAStats()
 
-        def call(attn, *args, **kwargs):
-            return self._call(attn, *args, **kwargs)
-
-        # inspect.signature(wrapper.__call__) -> the original's parameters (an instance
-        # attribute: attribute lookup finds it, while calling the wrapper uses the class's)
-        self.__call__ = functools.wraps(processor.__call__)(call)
-
-    def _call(self, attn, *args, **kwargs):
+    def __call__(self, attn, *args, **kwargs):
         with _SDPAOverride(self.precision, self.config, self.stats):
             return self.processor(attn, *args, **kwargs)
-
-    def __call__(self, attn, *args, **kwargs):
-        return self._call(attn, *args, **kwargs)
 
     def __getattr__(self, name):  # only reached for attributes not found on the wrapper
         if name == "processor":
@@ -137,6 +136,19 @@ class QuantizedAttnProcessor:
 
     def __repr__(self) -> str:
         return f"QuantizedAttnProcessor({type(self.processor).__name__}, {self.precision!r})"
+
+
+@functools.cache
+def _wrapper_class(processor_cls: type) -> type:
+    """The QuantizedAttnProcessor subclass for processors of ``processor_cls``: its __call__
+    has the signature of ``processor_cls.__call__`` (inspect follows ``__wrapped__``)."""
+
+    def __call__(self, attn, *args, **kwargs):
+        return QuantizedAttnProcessor.__call__(self, attn, *args, **kwargs)
+
+    __call__.__wrapped__ = processor_cls.__call__
+    return type(f"Quantized{processor_cls.__name__}", (QuantizedAttnProcessor,),
+                {"__call__": __call__, "__module__": __name__})
 
 
 def _attention_modules(model: torch.nn.Module):
