@@ -228,10 +228,9 @@ def test_gpu_large_both_outputs_one_call():
 @pytest.mark.gpu
 @needs_cuda_quantizer
 @pytest.mark.parametrize("K", [16, 1040, 3072])
-def test_gpu_persistent_ctas_loop_over_rows(K):
-    """Several times more rows than resident CTAs: each CTA loops over row groups, staging the
-    next group's loads while it quantizes the current one (rows sharing a warp, 64- and
-    96-thread CTAs; the awkward rows are re-planted where the second and third laps start)."""
+def test_gpu_many_rows(K):
+    """16M elements in many more CTAs than fit on the GPU at once (rows sharing a warp, 64- and
+    96-thread CTAs), all outputs; the awkward rows are re-planted a third and two thirds in."""
     R = (1 << 24) // K + 3
     x = _awkward(R, K, torch.bfloat16, seed=K + 1)
     for start in (R // 3, 2 * R // 3):
