@@ -15,9 +15,9 @@ samples (batch 1, and batch 4 as a rollout over several candidates batches them)
 Ratios are speed against bf16. Figures go to bench/results.json through record().
 
 test_bench_transformer_compiled (opt-in, SOLRL_BENCH_COMPILE=1: compiling takes minutes) times
-FLUX.1 under torch.compile, BF16 and rollout_mode(linear="nvfp4"): the profile
-(bench/transformer_profile.py, RESULTS §7a) puts 40% of an eager BF16 forward in unfused
-element-wise ops, which Inductor fuses. Written in session 6, not yet run.
+FLUX.1 at batch 4 under torch.compile, BF16 and rollout_mode(linear="nvfp4"): the profile
+(bench/transformer_profile.py, RESULTS §7b) puts 41% of an eager BF16 forward (47% of an
+NVFP4 one) in unfused element-wise ops, which Inductor fuses. Not yet run.
 """
 
 from __future__ import annotations
@@ -144,11 +144,13 @@ def test_bench_transformer_forward(benchmark, model_name, batch):
 @pytest.mark.skipif(os.environ.get("SOLRL_BENCH_COMPILE") != "1",
                     reason="compiles the model (minutes); set SOLRL_BENCH_COMPILE=1")
 def test_bench_transformer_compiled(benchmark):
-    """FLUX.1 widths, batch 1: eager BF16, torch.compile BF16 and torch.compile of
+    """FLUX.1 widths, batch 4 (a rollout batches its candidates; the profile of RESULTS §7b is
+    at batch 4): eager BF16, torch.compile BF16 and torch.compile of
     rollout_mode(linear="nvfp4"), timed in one run by CUDA-graph replay."""
     from record import record
 
-    model, inputs = on_gpu(flux1_dev)
+    batch = 4
+    model, inputs = on_gpu(flux1_dev, batch)
 
     def forward(m):
         return lambda: m(**inputs, return_dict=False)[0]
@@ -166,14 +168,15 @@ def test_bench_transformer_compiled(benchmark):
             err = float((out - ref).norm() / ref.norm())
             times["nvfp4+compile"], how["nvfp4+compile"] = gpu_ms(compiled, 100)
         benchmark.pedantic(forward(model), rounds=1, iterations=1)
-    print(f"\nflux1-dev, batch 1, compiled: bf16 eager {times['bf16']:.2f} ms, bf16 compiled "
+    print(f"\nflux1-dev, batch {batch}, compiled: bf16 eager {times['bf16']:.2f} ms, bf16 compiled "
           f"{times['bf16+compile']:.2f} ms ({times['bf16'] / times['bf16+compile']:.2f}x), nvfp4 "
           f"compiled {times['nvfp4+compile']:.2f} ms ({times['bf16'] / times['nvfp4+compile']:.2f}x "
           f"eager bf16, {times['bf16+compile'] / times['nvfp4+compile']:.2f}x compiled bf16; "
           f"rel. diff {err:.3f}); timing {how}")
-    record("transformer/flux1-dev[bf16+compile]", "forward ms", times["bf16+compile"],
-           "bf16 forward (eager)", times["bf16"], higher_is_better=False,
+    record(f"transformer/flux1-dev-B{batch}[bf16+compile]", "forward ms", times["bf16+compile"],
+           "bf16 forward (eager)", times["bf16"], higher_is_better=False, batch=batch,
            timing=how["bf16+compile"])
-    record("transformer/flux1-dev[nvfp4+compile]", "forward ms", times["nvfp4+compile"],
-           "bf16 forward (compiled)", times["bf16+compile"], higher_is_better=False,
-           rel_diff_vs_bf16=err, timing=how["nvfp4+compile"])
+    record(f"transformer/flux1-dev-B{batch}[nvfp4+compile]", "forward ms",
+           times["nvfp4+compile"], "bf16 forward (compiled)", times["bf16+compile"],
+           higher_is_better=False, batch=batch, rel_diff_vs_bf16=err,
+           timing=how["nvfp4+compile"])

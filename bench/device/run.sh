@@ -10,7 +10,7 @@
 #   block        a FLUX.1 single-stream block's 5 linears, NVFP4 (activation reuse on/off) vs BF16
 #   transformer  FLUX.1 / SD3.5-L / SANA forward at real widths (few blocks), batch 1 and 4:
 #                BF16 vs rollout_mode                                        (~0.7 min + batch 4)
-#   transformer-compile  FLUX.1 widths under torch.compile: BF16 vs rollout_mode (not yet run;
+#   transformer-compile  FLUX.1 widths, batch 4, under torch.compile: BF16 vs rollout_mode (not yet run;
 #                compiling takes minutes)
 #   profile      FLUX.1-width forward under torch.profiler: GPU time by kernel category, BF16 vs
 #                rollout_mode (bench/transformer_profile.py; PROFILE_ARGS="--batch 4")  (~1 min)
