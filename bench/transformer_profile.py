@@ -1,12 +1,14 @@
 """Where a FLUX.1-width transformer forward spends its GPU time: BF16 vs rollout_mode.
 
-    python bench/transformer_profile.py [--batch 1] [--modes bf16,nvfp4,nvfp4+attn-fp8]
+    python bench/transformer_profile.py [--batch 1] [--modes bf16,nvfp4,nvfp4+attn-fp8] [--compile]
 
 Builds the model of bench/test_bench_transformer.py (FLUX.1-dev widths, 2 double + 4 single
 blocks, 1024 px), runs a few eager forwards under torch.profiler and groups the CUDA kernels
 by what they do (GEMM, our quantization, attention, the rest: norms, modulation, RoPE, GELU,
 copies), in ms per forward. Answers "what is left to speed up" with a measurement instead of
-a FLOP count. Kernel time only; the host (eager launches) is not counted.
+a FLOP count. Kernel time only; the host (eager launches) is not counted. --compile profiles
+torch.compile(model) instead (Inductor's fused kernels get their own category), to see what
+is left once the element-wise ops are fused.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ CATEGORIES = [
     ("attention (SDPA)", r"flash|fmha|cudnn|sdpa|attention"),
     ("GEMM fp8 (ours)", r"cutlass::device_kernel|solrl|fp8_gemm"),
     ("GEMM cuBLAS", r"nvjet|gemm|xmma|cublas|cutlass"),
+    ("fused element-wise (Inductor)", r"^triton_(poi|red|per)_"),
     ("norm / modulation / RoPE / GELU / copies", r"."),
 ]
 
@@ -73,16 +76,25 @@ def main() -> None:
     ap.add_argument("--modes", default="bf16,nvfp4,nvfp4+attn-fp8")
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--compile", action="store_true", help="profile torch.compile(model)")
     args = ap.parse_args()
     model, inputs = on_gpu(flux1_dev, args.batch)
-    print(f"FLUX.1-dev widths, 2 double + 4 single blocks, batch {args.batch}, 1024 px; "
-          f"GPU kernel time per forward (ms), torch {torch.__version__}")
+    print(f"FLUX.1-dev widths, 2 double + 4 single blocks, batch {args.batch}, 1024 px"
+          f"{', torch.compile' if args.compile else ''}; GPU kernel time per forward (ms), "
+          f"torch {torch.__version__}")
+
+    def run(m):
+        if args.compile:
+            torch._dynamo.reset()
+            m = torch.compile(m)
+        return profile(m, inputs, args.iters)
+
     for mode in args.modes.split(","):
         if mode == "bf16":
-            per_cat, kernels = profile(model, inputs, args.iters)
+            per_cat, kernels = run(model)
         else:
             with rollout_mode(model, **MODES[mode]):
-                per_cat, kernels = profile(model, inputs, args.iters)
+                per_cat, kernels = run(model)
         total = sum(per_cat.values())
         print(f"\n[{mode}] total {total:.2f} ms")
         for cat, _ in CATEGORIES:

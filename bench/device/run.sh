@@ -13,7 +13,7 @@
 #   transformer-compile  FLUX.1 widths, batch 4, under torch.compile: BF16 vs rollout_mode (not yet run;
 #                compiling takes minutes)
 #   profile      FLUX.1-width forward under torch.profiler: GPU time by kernel category, BF16 vs
-#                rollout_mode (bench/transformer_profile.py; PROFILE_ARGS="--batch 4")  (~1 min)
+#                rollout_mode (bench/transformer_profile.py; PROFILE_ARGS="--batch 4 [--compile]")  (~1 min)
 #   host         where an eager nvfp4_linear call spends its host time (bench/host_profile.py)
 #   gemm-sweep   CUTLASS FP8 GEMM sweep vs cuBLAS (bench/native_gemm_sweep.py)
 #   gemm-tune    CUTLASS FP8 GEMM sweep: tile x swizzle x raster (~3 min); GEMM_TUNE_ARGS="--what
