@@ -192,3 +192,27 @@ def test_rewrap_changes_precision_and_restores_first_originals():
     assert all(p.precision == "fp8" for p in model.attn_processors.values())
     r1()
     assert all(model.attn_processors[k] is originals[k] for k in originals)
+
+
+def test_wrapped_processors_copy_pickle_and_keep_the_signature():
+    """A wrapper is of a per-class subclass (its __call__ carries the original's signature,
+    as a class attribute so torch.compile traces it); copies and pickles rebuild it with its
+    precision, config and counts, and a model holding wrappers deep-copies."""
+    import copy
+    import inspect
+    import pickle
+
+    model, inputs, _, _ = _flux()
+    original = model.transformer_blocks[0].attn.processor
+    set_attention_precision(model, "fp8")
+    p = model.transformer_blocks[0].attn.processor
+    assert isinstance(p, QuantizedAttnProcessor) and "__call__" not in vars(p)
+    assert inspect.signature(p.__call__) == inspect.signature(original.__call__)
+    model(**inputs)
+    assert p.stats.quantized == 1
+    for q in (copy.copy(p), copy.deepcopy(p), pickle.loads(pickle.dumps(p))):
+        assert type(q) is type(p) and q is not p
+        assert (q.precision, q.config, q.stats) == (p.precision, p.config, p.stats)
+        assert type(q.processor) is type(original)
+    twin = copy.deepcopy(model)
+    torch.testing.assert_close(twin(**inputs)[0], model(**inputs)[0], rtol=0, atol=0)

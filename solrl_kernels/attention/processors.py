@@ -107,11 +107,15 @@ class QuantizedAttnProcessor:
     (Dynamo cannot call an object whose ``__call__`` is an instance attribute).
     """
 
-    def __new__(cls, processor, precision: Precision, config: AttentionQuantConfig = DEFAULT_CONFIG):
+    def __new__(cls, processor, *args, **kwargs):
         if cls is QuantizedAttnProcessor:
             inner = processor.processor if isinstance(processor, QuantizedAttnProcessor) else processor
             cls = _wrapper_class(type(inner))
         return super().__new__(cls)
+
+    def __reduce__(self):  # copy / pickle through the constructor: the subclass is made anew
+        return QuantizedAttnProcessor, (self.processor, self.precision, self.config), {
+            "stats": self.stats}
 
     def __init__(
         self, processor, precision: Precision, config: AttentionQuantConfig = DEFAULT_CONFIG
