@@ -2,7 +2,8 @@
 # Prepare what the H200 runs need and its image lacks, on the development machine:
 #   .whl/              diffusers, tyro and their pure-Python needs (the image has torch, peft,
 #                      transformers, pytest, pytest-benchmark, triton)
-#   build/cutlass_src/ the CUTLASS/CuTe headers of the nvidia-cutlass wheel (~28 MB)
+#   build/cutlass_src/ the CUTLASS/CuTe headers of the nvidia-cutlass wheel (~28 MB), and its
+#                      Hopper FMHA example (88_hopper_fmha, for bench/fmha_probe.sh)
 # PYTHON=... picks the interpreter that has nvidia-cutlass installed (default python3).
 # Both are git-ignored; name them in the device call's `carry`: [".whl", "build/cutlass_src"].
 set -euo pipefail
@@ -15,4 +16,6 @@ src=$(${PYTHON:-python3} -c "import cutlass_library, os; print(os.path.join(os.p
 mkdir -p build/cutlass_src/tools/util
 cp -r "$src/include" build/cutlass_src/
 cp -r "$src/tools/util/include" build/cutlass_src/tools/util/
+mkdir -p build/cutlass_src/examples
+cp -r "$src/examples/88_hopper_fmha" "$src/examples/common" build/cutlass_src/examples/
 du -sh .whl build/cutlass_src

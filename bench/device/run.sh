@@ -20,14 +20,17 @@
 #                promotion" sweeps the fp32 promotion interval instead
 #   attn         attention benchmark vs cuDNN / FLASH SDPA
 #   attn-sweep   attention correctness + kernel-config sweep (ATTN_SWEEP_ARGS, default --quick)
+#   fmha-probe   CUTLASS's Hopper FMHA example (FP8 / fp16) vs cuDNN BF16 SDPA at FLUX.1 shapes
+#                (bench/fmha_probe.sh; prebuilt binaries: carry build/fmha_probe, else ~3 min build)
 #   toy          driver GPU tests + the toy-gpu Sol-RL run
 #   pretrain     toy model pretraining (default 7,000 steps) + eval (~7 min);
 #                copy $OUT/{model.safetensors,config.json} to solrl/toy/weights/
-# Prepare first with bench/device/fetch.sh; carry [".whl", "build/cutlass_src"].
+# Prepare first with bench/device/fetch.sh; carry [".whl", "build/cutlass_src"] (+ "build/fmha_probe"
+# for fmha-probe: bash bench/fmha_probe.sh --build-only makes its binaries here).
 # Then copy $OUT/results.json over bench/results.json (records replace older ones by key) and
 # unpack $OUT/logs.tgz (a device call returns at most ~8 files: everything else is archived).
 set -uo pipefail
-PARTS="build tests ktests quant quant-sweep gemm gemm-sweep gemm-tune block transformer transformer-compile profile host attn attn-sweep toy pretrain"
+PARTS="build tests ktests quant quant-sweep gemm gemm-sweep gemm-tune block transformer transformer-compile profile host attn attn-sweep fmha-probe toy pretrain"
 [ $# -gt 0 ] || set -- help
 for p in "$@"; do
   case " $PARTS " in *" $p "*) ;; *) echo "usage: $0 PART [PART ...], PART in: $PARTS"; exit 2 ;; esac
@@ -112,6 +115,8 @@ part() {
   attn-sweep)
     timeout "${ATTN_SWEEP_TIMEOUT:-240}" python3 bench/attention_sweep.py ${ATTN_SWEEP_ARGS:---quick} 2>&1 \
       | tee "$OUT/attention_sweep.log" | tail -40 ;;
+  fmha-probe)
+    timeout 480 bash bench/fmha_probe.sh "$OUT" 2>&1 | tail -30 ;;
   toy)
     python3 -m pytest -q -p no:cacheprovider tests/test_seeds.py tests/test_driver_e2e.py -k "cuda or gpu" 2>&1 | tail -5
     timeout "${TOY_TIMEOUT:-420}" python3 -m solrl.train --preset toy-gpu log.run_dir=/tmp/toy-gpu log.progress=False 2>&1 | tail -22
