@@ -41,6 +41,9 @@ def native_unavailable_reason() -> str:
     return _load_native()[1]
 
 
+# the longest row csrc's NVFP4 row quantizer takes (csrc/launchers.h kNvfp4QuantizeRowsMaxK)
+NVFP4_QUANTIZE_ROWS_MAX_K = 32768
+
 _ARCHS: tuple[str, ...] | None = None
 
 

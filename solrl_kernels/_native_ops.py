@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import torch
 
+from ._backends import NVFP4_QUANTIZE_ROWS_MAX_K
 from .nvfp4.layouts import blocked_numel
 
 ACTIVATIONS = ("none", "gelu_tanh", "silu")
@@ -185,9 +186,6 @@ def _nvfp4_gemm_sm100_fake(a_data, a_scales_blocked, b_data, b_scales_blocked, a
     M, N = check_nvfp4_gemm_sm100_args(a_data, a_scales_blocked, b_data, b_scales_blocked, alpha,
                                        bias, out_dtype)
     return a_data.new_empty((M, N), dtype=out_dtype)
-
-
-NVFP4_QUANTIZE_ROWS_MAX_K = 32768  # csrc/launchers.h kNvfp4QuantizeRowsMaxK
 
 
 def check_nvfp4_quantize_rows_args(x, global_scale, fp8_exact, blocked, write_packed,

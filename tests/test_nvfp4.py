@@ -271,8 +271,8 @@ def test_triton_noncontiguous_empty_and_given_scale(device):
                  ref.quantize(x.cpu(), global_scale=gs))
 
 
-# "auto": for the E4M3 container the CUDA row quantizer where it applies (Hopper, no scale
-# search), else Triton
+# "auto": the CUDA row quantizer where nvfp4.api's routing takes it (Hopper, no scale search:
+# the E4M3 container, and per-row scales when K is not a power of two), else Triton
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["triton", "auto"])
 @pytest.mark.parametrize("rule,search", CASES, ids=["rn", "fp8_exact", "fp8_exact-search"])

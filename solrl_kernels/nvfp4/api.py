@@ -21,6 +21,7 @@ from typing import Literal
 import torch
 
 from .._backends import (
+    NVFP4_QUANTIZE_ROWS_MAX_K,
     cuda_fp8_capable,
     device_capability,
     native_archs,
@@ -41,7 +42,6 @@ except ImportError:  # no triton: triton_available() is False and the reference 
 
 Backend = Literal["auto", "cuda", "triton", "reference"]
 BACKENDS = ("auto", "cuda", "triton", "reference")
-CUDA_QUANTIZE_MAX_K = 32768  # csrc/launchers.h kNvfp4QuantizeRowsMaxK
 
 
 def _check_backend(backend: Backend) -> None:
@@ -70,8 +70,8 @@ def _cuda_limits_reason(x2d: torch.Tensor, scale_search: bool, device: torch.dev
         return f"it reads bfloat16/float16, x is {x2d.dtype}"
     if scale_search:
         return "it has no scale search (the Triton kernel does)"
-    if x2d.shape[1] > CUDA_QUANTIZE_MAX_K:
-        return f"rows longer than {CUDA_QUANTIZE_MAX_K} elements (K={x2d.shape[1]})"
+    if x2d.shape[1] > NVFP4_QUANTIZE_ROWS_MAX_K:
+        return f"rows longer than {NVFP4_QUANTIZE_ROWS_MAX_K} elements (K={x2d.shape[1]})"
     # under torch.compile neither the data pointer nor the storage offset can be read (the op
     # itself raises a ValueError for a misaligned view; fresh allocations are aligned)
     misaligned = not torch.compiler.is_compiling() and x2d.data_ptr() % 16
