@@ -7,9 +7,9 @@ The baseline is ``dst.copy_(src)`` of the same input tensor (2 bytes read + 2 wr
 bf16 element). Each case is first checked bit-exact against the plain-torch reference on a
 slice; GB/s are from the GPU time of a call (CUDA-graph replay, bench/timing.py), and the
 host time per call is printed and recorded beside it. Each case runs through the public
-function with backend="auto" (on Hopper the E4M3 container comes from the CUDA row quantizer
-of csrc/, the packed formats from Triton) and, recorded with a "[triton]" / "[cuda]" suffix,
-with the other kernel forced.
+function with backend="auto" (whichever kernel nvfp4.api's routing picks for the shape) and,
+recorded with a "[triton]" / "[cuda]" suffix, with each kernel forced (the scale search has
+no CUDA kernel), so that the routing can be checked against the same run.
 """
 
 from __future__ import annotations
@@ -87,11 +87,10 @@ def test_bench_quantize(benchmark, shape):
     n = x.numel()
     copy_gbps, copy_how = _gbps(lambda: y.copy_(x), 4 * n)
     deq = nvfp4.quantize(x, "rn", check_finite=False)
-    cases = _cases(x, "auto")  # the container: CUDA; the packed formats: Triton
-    cases.update({f"{name} [triton]": case for name, case in _cases(x, "triton").items()
-                  if name.startswith("quantize_to_fp8")})
-    cases.update({f"{name} [cuda]": case for name, case in _cases(x, "cuda").items()
-                  if not name.startswith("quantize_to_fp8") and "search" not in name})
+    cases = _cases(x, "auto")
+    for backend in ("triton", "cuda"):
+        cases.update({f"{name} [{backend}]": case for name, case in _cases(x, backend).items()
+                      if backend == "triton" or "search" not in name})
     cases["dequantize -> bf16"] = (lambda: nvfp4.dequantize(deq, torch.bfloat16),
                                    n // 2 + n // 16 + 2 * n)
     rows = []
