@@ -230,10 +230,11 @@ def test_gpu_large_both_outputs_one_call():
 
 @pytest.mark.gpu
 @needs_cuda_quantizer
-@pytest.mark.parametrize("K", [16, 1040, 3072])
+@pytest.mark.parametrize("K", [16, 1040, 3072, 5120, 8192])
 def test_gpu_many_rows(K):
-    """16M elements in many more CTAs than fit on the GPU at once (rows sharing a warp, 64- and
-    96-thread CTAs), all outputs; the awkward rows are re-planted a third and two thirds in."""
+    """16M elements in many more CTAs than fit on the GPU at once (rows sharing a warp; a row
+    per CTA with 3 blocks per thread at K = 1040 / 3072, 4 at 5120 / 8192), all outputs; the
+    awkward rows are re-planted a third and two thirds in."""
     R = (1 << 24) // K + 3
     x = _awkward(R, K, torch.bfloat16, seed=K + 1)
     for start in (R // 3, 2 * R // 3):

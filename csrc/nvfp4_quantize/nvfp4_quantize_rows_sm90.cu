@@ -5,13 +5,14 @@
 // any element can be quantized. Triton tiles are powers of two, so a row of 3072 / 5120 / 12288
 // elements is either padded with idle lanes or walked twice (the second time from L2); both
 // left the pass at 0.63-0.73x of copy bandwidth on the H200. Here each row is spread over
-// exactly as many threads as it needs (2 blocks of 16 elements per thread), loaded once,
+// as many threads as it needs (2 to 4 blocks of 16 elements per thread), loaded once,
 // reduced in registers / shared memory, and quantized from the same registers.
 //
-// Layout of the work: thread t of a row owns the 16-element NVFP4 blocks t and t + T (T threads
-// per row); a block is two 16-byte loads, one scale, one 16-byte store of the E4M3 container
-// (or 8 bytes of codes). Rows of up to 1024 elements share a warp (T a power of two <= 32);
-// longer rows own a CTA of T = 32 * ceil(blocks / 64) threads.
+// Layout of the work: thread t of a row owns the 16-element NVFP4 blocks t, t + T, t + 2T, ...
+// (T threads per row); a block is two 16-byte loads, one scale, one 16-byte store of the E4M3
+// container (or 8 bytes of codes). Rows of up to 1024 elements share a warp (2 blocks per
+// thread, T a power of two <= 32); longer rows own a CTA of T = 32 * ceil(blocks / (32 b))
+// threads, b = 2..4 blocks per thread chosen per K (blocks_per_thread).
 //
 // Arithmetic: fp32, correctly rounded, in the reference's order. The fp32 operations whose
 // operands may be subnormal are inline PTX without .ftz: setup.py compiles with
