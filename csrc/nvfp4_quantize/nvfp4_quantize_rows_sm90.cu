@@ -388,9 +388,11 @@ void nvfp4_quantize_rows_sm90(const Nvfp4QuantizeParams& params) {
     while ((1 << p.log2_threads_per_row) < need) ++p.log2_threads_per_row;
     p.threads_per_row = 1 << p.log2_threads_per_row;
     threads = kThreadsShared;
-  } else {  // a row per CTA
+  } else {  // a row per CTA (of one warp when 3-4 blocks per thread fit in 32 lanes: the
+            // kernel then takes the shared-warp indexing with one row per CTA)
     bpt = blocks_per_thread(blocks);
     p.threads_per_row = threads = ((blocks + bpt - 1) / bpt + 31) / 32 * 32;
+    p.log2_threads_per_row = 5;  // used only when threads_per_row == 32
   }
   const int rows_per_cta = threads / p.threads_per_row;
   const int64_t grid = (p.R + rows_per_cta - 1) / rows_per_cta;
