@@ -12,6 +12,9 @@ huge rows); torch.compile and opcheck.
 
 from __future__ import annotations
 
+from fractions import Fraction
+
+import numpy as np
 import pytest
 import torch
 
@@ -227,10 +230,11 @@ def test_gpu_large_both_outputs_one_call():
 
 @pytest.mark.gpu
 @needs_cuda_quantizer
-@pytest.mark.parametrize("K", [16, 1040, 3072])
+@pytest.mark.parametrize("K", [16, 1040, 3072, 5120, 8192])
 def test_gpu_many_rows(K):
-    """16M elements in many more CTAs than fit on the GPU at once (rows sharing a warp, 64- and
-    96-thread CTAs), all outputs; the awkward rows are re-planted a third and two thirds in."""
+    """16M elements in many more CTAs than fit on the GPU at once (rows sharing a warp; a row
+    per CTA with 3 blocks per thread at K = 1040 / 3072, 4 at 5120 / 8192), all outputs; the
+    awkward rows are re-planted a third and two thirds in."""
     R = (1 << 24) // K + 3
     x = _awkward(R, K, torch.bfloat16, seed=K + 1)
     for start in (R // 3, 2 * R // 3):
@@ -289,3 +293,51 @@ def test_gpu_opcheck_and_compile():
 
     v, gs = ref.to_fp8_container(ref.quantize(x.cpu(), "fp8_exact", granularity="row"))
     assert torch.equal(f(x).cpu(), v.float() * gs)
+
+
+# ------------------------------------------------ the CUDA kernel's division-free arithmetic
+def _rn32(v: Fraction) -> np.float32:
+    """v rounded to the nearest float32, ties to even (subnormals included), exactly."""
+    if v == 0:
+        return np.float32(0.0)
+    f = np.float32(float(v))  # float(Fraction) is correctly rounded; f32 may double-round
+    near = (np.nextafter(f, np.float32(-np.inf)), f, np.nextafter(f, np.float32(np.inf)))
+    return min(near, key=lambda c: (abs(Fraction(float(c)) - v), int(c.view(np.uint32)) & 1))
+
+
+def _markstein(a: np.float32, b: np.float32, rb: np.float32) -> np.float32:
+    """RN(q + RN(a - q b) rb), q = RN(a rb), each fma rounded once (the kernel's sequence)."""
+    fa, fb, frb = Fraction(float(a)), Fraction(float(b)), Fraction(float(rb))
+    q = _rn32(fa * frb)
+    rem = _rn32(fa - Fraction(float(q)) * fb)
+    return _rn32(Fraction(float(q)) + Fraction(float(rem)) * frb)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_block_amax_over_6_without_division_is_exact(dtype):
+    """block_ideal_scale's RN(amax / 6) by one product and one correction equals the
+    correctly rounded quotient for every positive finite bf16 / fp16 value (subnormals too)."""
+    top = 0x7F80 if dtype == torch.bfloat16 else 0x7C00
+    values = torch.arange(1, top, dtype=torch.int32).to(torch.int16).view(dtype).float().numpy()
+    sixth, six = np.float32(1) / np.float32(6), np.float32(6)
+    # the single product is not enough (a third of the values round differently) ...
+    assert (values * sixth != values / six).mean() > 0.2
+    # ... the corrected one is exact (in exact arithmetic, every value)
+    for a in values:
+        assert _markstein(a, six, sixth) == a / six, a
+
+
+def test_block_scale_over_gs_without_division_is_exact():
+    """block_ideal_scale's h / gs by Markstein's correction with RN(1 / gs): exact for gs in
+    [2^-90, 2^100] and quotients in [2^-12, 2^12] (random draws, edge significands)."""
+    rng = np.random.default_rng(0)
+    edge = [0, 0x7FFFFF, 0x400000, 0x7FFFFE, 1, 0x2AAAAB]
+    for i in range(3000):
+        eg = int(rng.integers(127 - 90, 127 + 101))
+        eh = eg + int(rng.integers(-12, 13))
+        mg = edge[i % len(edge)] if i % 5 == 0 else int(rng.integers(0, 1 << 23))
+        mh = edge[i % len(edge)] if i % 7 == 0 else int(rng.integers(0, 1 << 23))
+        h, gs = (np.array([(e << 23) | m], dtype=np.uint32).view(np.float32)[0]
+                 for e, m in ((eh, mh), (eg, mg)))
+        rg = _rn32(1 / Fraction(float(gs)))
+        assert _markstein(h, gs, rg) == _rn32(Fraction(float(h)) / Fraction(float(gs))), (h, gs)

@@ -5,13 +5,14 @@
 // any element can be quantized. Triton tiles are powers of two, so a row of 3072 / 5120 / 12288
 // elements is either padded with idle lanes or walked twice (the second time from L2); both
 // left the pass at 0.63-0.73x of copy bandwidth on the H200. Here each row is spread over
-// exactly as many threads as it needs (2 blocks of 16 elements per thread), loaded once,
+// as many threads as it needs (2 to 4 blocks of 16 elements per thread), loaded once,
 // reduced in registers / shared memory, and quantized from the same registers.
 //
-// Layout of the work: thread t of a row owns the 16-element NVFP4 blocks t and t + T (T threads
-// per row); a block is two 16-byte loads, one scale, one 16-byte store of the E4M3 container
-// (or 8 bytes of codes). Rows of up to 1024 elements share a warp (T a power of two <= 32);
-// longer rows own a CTA of T = 32 * ceil(blocks / 64) threads.
+// Layout of the work: thread t of a row owns the 16-element NVFP4 blocks t, t + T, t + 2T, ...
+// (T threads per row); a block is two 16-byte loads, one scale, one 16-byte store of the E4M3
+// container (or 8 bytes of codes). Rows of up to 1024 elements share a warp (2 blocks per
+// thread, T a power of two <= 32); longer rows own a CTA of T = 32 * ceil(blocks / (32 b))
+// threads, b = 2..4 blocks per thread chosen per K (blocks_per_thread).
 //
 // Arithmetic: fp32, correctly rounded, in the reference's order. The fp32 operations whose
 // operands may be subnormal are inline PTX without .ftz: setup.py compiles with
@@ -29,7 +30,8 @@
 namespace solrl {
 namespace {
 
-constexpr int kBlocksPerThread = 2;
+constexpr int kBlocksPerThreadShared = 2;  // when rows share warps (K <= 1024)
+constexpr int kMinBlocksPerThread = 2, kMaxBlocksPerThread = 4;  // 5 spills (64 registers)
 constexpr int kThreadsShared = 128;  // CTA size when rows share warps
 constexpr int kMaxThreads = 1024;
 constexpr uint32_t kBitsExactMin = 0x3C000000u;    // 2^-7   (FP8_EXACT_SCALE_MIN)
@@ -38,6 +40,8 @@ constexpr uint32_t kBitsE4m3Min = 0x3B000000u;     // 2^-9   (E4M3_MIN_SUBNORMAL
 constexpr uint32_t kBitsE4m3Max = 0x43E00000u;     // 448.0f (F8E4M3_MAX)
 constexpr uint32_t kBitsE4m3MinNormal = 0x3C800000u;  // 2^-6
 constexpr uint32_t kBitsGlobalScaleMin = 0x05800000u;  // 2^-116 (GLOBAL_SCALE_MIN)
+constexpr uint32_t kBitsFastDivMin = 0x12800000u;      // 2^-90
+constexpr uint32_t kBitsFastDivMax = 0x71800000u;      // 2^100
 
 __device__ __forceinline__ float mul_rn(float a, float b) {
   float d;
@@ -179,19 +183,49 @@ struct Block {
   uint4 lo, hi;
 };
 
-// The row's decode scale(s) as the blocks need them: gs, and for "fp8_exact" with a computed
-// gs the reciprocals RN(1 / gs), RN(1 / RN(1.5 gs)) of the two mantissas of its scale grid
-// (nvfp4/kernels.py _grid_reciprocals / _grid_inverse: no division per block).
+// The row's decode scale(s) as the blocks need them: gs and RN(1 / gs); for "fp8_exact" with
+// a computed gs also RN(1 / RN(1.5 gs)), so that a block's inverse needs no division
+// (nvfp4/kernels.py _grid_reciprocals / _grid_inverse).
 struct RowScale {
-  float gs, r1, r15;
-  bool grid;  // r1 / r15 valid
+  float gs, rg, r15;
+  bool grid;      // r15 valid: block scales on the fp8_exact grid
+  bool fast_div;  // gs in [2^-90, 2^100]: x / gs by Markstein's correction (block_ideal_scale)
 };
+
+__device__ __forceinline__ RowScale row_scale(float gs, bool grid) {
+  RowScale rs;
+  rs.gs = gs;
+  rs.rg = rcp_rn(gs);
+  rs.grid = grid;
+  rs.r15 = grid ? rcp_rn(mul_rn(1.5f, gs)) : 0.0f;
+  rs.fast_div = as_bits(gs) >= kBitsFastDivMin && as_bits(gs) <= kBitsFastDivMax;
+  return rs;
+}
+
+// RN(RN(amax / 6) / gs), the block's ideal scale, without division instructions (div.rn is
+// ~10 instructions with a range check and a slow-path call). Each quotient RN(a / b) is
+// q = RN(a * RN(1/b)) corrected once: RN(q + RN(a - q b) * RN(1/b)) (Markstein: exact when
+// RN(1/b) is correctly rounded, q is faithful and the remainder does not underflow).
+// - a / 6 with a a bf16 / fp16 value: exact for every one of them, subnormals included
+//   (tests/test_native_quantize.py checks all 2 x 2^15 in exact arithmetic).
+// - h / gs: exact while gs is in [2^-90, 2^100] (rs.fast_div) for every quotient in
+//   [2^-12, 2^12], which covers the E4M3 / fp8_exact clamp ranges; quotients outside them
+//   are faithful (within one ulp) and clamp to the same scale. Other gs: div.rn.
+__device__ __forceinline__ float block_ideal_scale(uint32_t amax, const RowScale& rs) {
+  constexpr float kSixth = 0.16666667163372039795f;  // RN(1/6)
+  const float a = as_float(amax);
+  float h = mul_rn(a, kSixth);
+  h = fma_rn(fma_rn(-h, 6.0f, a), kSixth, h);
+  if (!rs.fast_div) return div_rn(h, rs.gs);
+  const float q = mul_rn(h, rs.rg);
+  return fma_rn(fma_rn(-q, rs.gs, h), rs.rg, q);
+}
 
 // RN(1 / RN(s * gs)) for the block scale s.
 __device__ __forceinline__ float block_inverse(float scale, const RowScale& rs) {
   if (rs.grid) {  // s in {1, 1.5} * 2^e: RN(1 / (m * gs * 2^e)) = RN(1 / RN(m * gs)) * 2^-e
     const uint32_t sb = as_bits(scale);
-    const uint32_t r = as_bits((sb & 0x400000u) ? rs.r15 : rs.r1);
+    const uint32_t r = as_bits((sb & 0x400000u) ? rs.r15 : rs.rg);
     return as_float(r - (sb & 0x7F800000u) + 0x3F800000u);
   }
   return rcp_rn(mul_rn(scale, rs.gs));
@@ -204,7 +238,7 @@ template <bool kHalf, bool kPacked, bool kFp8>
 __device__ __forceinline__ void quantize_block(const Nvfp4QuantizeParams& p, const Block& blk,
                                                uint32_t amax, const RowScale& rs, int64_t row,
                                                int b) {
-  const uint32_t ideal = as_bits(div_rn(div_rn(as_float(amax), 6.0f), rs.gs));
+  const uint32_t ideal = as_bits(block_ideal_scale(amax, rs));
   const float scale = as_float(p.fp8_exact ? fp8_exact_scale(ideal) : rn_scale(ideal));
   const float inv = block_inverse(scale, rs);
   const uint32_t words[8] = {blk.lo.x, blk.lo.y, blk.lo.z, blk.lo.w,
@@ -241,7 +275,7 @@ __device__ __forceinline__ void quantize_block(const Nvfp4QuantizeParams& p, con
   }
 }
 
-template <bool kHalf, bool kPacked, bool kFp8>
+template <int kBpt, bool kHalf, bool kPacked, bool kFp8>
 __global__ void __launch_bounds__(kMaxThreads) nvfp4_quantize_rows_kernel(const Nvfp4QuantizeParams p) {
   __shared__ uint32_t red[32];
   const int tpr = p.threads_per_row;  // == blockDim.x, or a power of two <= 32
@@ -259,18 +293,18 @@ __global__ void __launch_bounds__(kMaxThreads) nvfp4_quantize_rows_kernel(const 
   const uint4* src =
       reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(p.x) + (row_ok ? row : 0) * p.ld_x);
 
-  Block blk[kBlocksPerThread];
+  Block blk[kBpt];
 #pragma unroll
-  for (int i = 0; i < kBlocksPerThread; ++i) {
+  for (int i = 0; i < kBpt; ++i) {
     const int b = lane_in_row + i * tpr;
     const bool ok = row_ok && b < blocks;
     blk[i].lo = ok ? __ldg(src + 2 * b) : make_uint4(0, 0, 0, 0);
     blk[i].hi = ok ? __ldg(src + 2 * b + 1) : make_uint4(0, 0, 0, 0);
   }
-  uint32_t amax[kBlocksPerThread];  // fp32 bits of the block amax
+  uint32_t amax[kBpt];  // fp32 bits of the block amax
   uint32_t amax_thread = 0;
 #pragma unroll
-  for (int i = 0; i < kBlocksPerThread; ++i) {
+  for (int i = 0; i < kBpt; ++i) {
     const uint4 &u = blk[i].lo, &v = blk[i].hi;
     const uint32_t m = absmax_x2<kHalf>(
         absmax_x2<kHalf>(absmax_x2<kHalf>(u.x, u.y), absmax_x2<kHalf>(u.z, u.w)),
@@ -283,20 +317,14 @@ __global__ void __launch_bounds__(kMaxThreads) nvfp4_quantize_rows_kernel(const 
   if (p.gs_in == nullptr) {  // per-row global scale: amax / (6 * S_MAX), 1 for a zero row
     const uint32_t m = row_max(amax_thread, tpr, red);
     const uint32_t q = as_bits(div_rn(as_float(m), p.fp8_exact ? 384.0f : 2688.0f));
-    rs.gs = m != 0 ? as_float(max(q, kBitsGlobalScaleMin)) : 1.0f;
-    rs.grid = p.fp8_exact;
-    if (rs.grid) {
-      rs.r1 = rcp_rn(rs.gs);
-      rs.r15 = rcp_rn(mul_rn(1.5f, rs.gs));
-    }
+    rs = row_scale(m != 0 ? as_float(max(q, kBitsGlobalScaleMin)) : 1.0f, p.fp8_exact);
     if (row_ok && lane_in_row == 0) p.gs_out[row] = rs.gs;
   } else {
-    rs.gs = p.gs_in[p.gs_per_row && row_ok ? row : 0];
-    rs.grid = false;
+    rs = row_scale(p.gs_in[p.gs_per_row && row_ok ? row : 0], false);
   }
   if (!row_ok) return;
 #pragma unroll
-  for (int i = 0; i < kBlocksPerThread; ++i) {
+  for (int i = 0; i < kBpt; ++i) {
     const int b = lane_in_row + i * tpr;
     if (b < blocks) quantize_block<kHalf, kPacked, kFp8>(p, blk[i], amax[i], rs, row, b);
   }
@@ -304,17 +332,40 @@ __global__ void __launch_bounds__(kMaxThreads) nvfp4_quantize_rows_kernel(const 
 
 }  // namespace
 
-static_assert(kNvfp4QuantizeRowsMaxK == kMaxThreads * kBlocksPerThread * 16, "launchers.h");
+static_assert(kNvfp4QuantizeRowsMaxK == kMaxThreads * kMinBlocksPerThread * 16, "launchers.h");
 
 namespace {
 
 using KernelFn = void (*)(Nvfp4QuantizeParams);
 
-template <bool kHalf>
-KernelFn pick_kernel(bool packed, bool fp8) {
-  return packed ? (fp8 ? nvfp4_quantize_rows_kernel<kHalf, true, true>
-                       : nvfp4_quantize_rows_kernel<kHalf, true, false>)
-                : nvfp4_quantize_rows_kernel<kHalf, false, true>;
+template <int kBpt, bool kHalf>
+KernelFn pick_outputs(bool packed, bool fp8) {
+  return packed ? (fp8 ? nvfp4_quantize_rows_kernel<kBpt, kHalf, true, true>
+                       : nvfp4_quantize_rows_kernel<kBpt, kHalf, true, false>)
+                : nvfp4_quantize_rows_kernel<kBpt, kHalf, false, true>;
+}
+
+template <int kBpt>
+KernelFn pick_kernel(bool half, bool packed, bool fp8) {
+  return half ? pick_outputs<kBpt, true>(packed, fp8) : pick_outputs<kBpt, false>(packed, fp8);
+}
+
+// Blocks per thread for a row of `blocks` blocks that owns a CTA: the kernel's work per thread
+// is a fixed part (indexing, the row's max across the CTA, its scale: ~230 instructions, about
+// 1.35 blocks' worth, counted in the sm_90a SASS of the packed kernel) plus one part per block,
+// and a warp costs the same with idle lanes. Minimise warps x (1.35 + blocks per thread):
+// K = 8192 -> 4 (128 threads), 5120 -> 4 (96, 80 busy), 3072 -> 3 (64), 12288 -> 4 (192),
+// 15360 -> 4 (256, 240 busy).
+int blocks_per_thread(int blocks) {
+  int best = kMinBlocksPerThread;
+  double best_cost = 1e300;
+  for (int bpt = kMinBlocksPerThread; bpt <= kMaxBlocksPerThread; ++bpt) {
+    const int threads = (blocks + bpt - 1) / bpt;
+    if (threads > kMaxThreads) continue;
+    const double cost = ((threads + 31) / 32) * (1.35 + bpt);
+    if (cost < best_cost) best = bpt, best_cost = cost;
+  }
+  return best;
 }
 
 }  // namespace
@@ -322,28 +373,37 @@ KernelFn pick_kernel(bool packed, bool fp8) {
 void nvfp4_quantize_rows_sm90(const Nvfp4QuantizeParams& params) {
   Nvfp4QuantizeParams p = params;
   const int blocks = p.K / 16;
-  const int need = (blocks + kBlocksPerThread - 1) / kBlocksPerThread;  // threads per row
-  if (p.K <= 0 || p.K % 16 != 0 || need > kMaxThreads) {
+  if (p.K <= 0 || p.K % 16 != 0 || blocks > kMaxThreads * kMinBlocksPerThread) {
     throw std::runtime_error("nvfp4_quantize_rows: K must be a positive multiple of 16 up to " +
                              std::to_string(kNvfp4QuantizeRowsMaxK) + ", got " +
                              std::to_string(p.K));
   }
-  int threads;
+  const bool packed = p.data != nullptr, fp8 = p.fp8 != nullptr;
+  if (!packed && !fp8) throw std::runtime_error("nvfp4_quantize_rows: no output");
+  int threads, bpt;
+  const int need = (blocks + kBlocksPerThreadShared - 1) / kBlocksPerThreadShared;
   if (need <= 32) {  // rows share warps: a power-of-two segment
+    bpt = kBlocksPerThreadShared;
     p.log2_threads_per_row = 0;
     while ((1 << p.log2_threads_per_row) < need) ++p.log2_threads_per_row;
     p.threads_per_row = 1 << p.log2_threads_per_row;
     threads = kThreadsShared;
-  } else {
-    p.threads_per_row = threads = (need + 31) / 32 * 32;
+  } else {  // a row per CTA (of one warp when 3-4 blocks per thread fit in 32 lanes: the
+            // kernel then takes the shared-warp indexing with one row per CTA)
+    bpt = blocks_per_thread(blocks);
+    p.threads_per_row = threads = ((blocks + bpt - 1) / bpt + 31) / 32 * 32;
+    p.log2_threads_per_row = 5;  // used only when threads_per_row == 32
   }
   const int rows_per_cta = threads / p.threads_per_row;
   const int64_t grid = (p.R + rows_per_cta - 1) / rows_per_cta;
   if (grid == 0) return;
   if (grid > INT32_MAX) throw std::runtime_error("nvfp4_quantize_rows: too many rows");
-  const bool packed = p.data != nullptr, fp8 = p.fp8 != nullptr;
-  if (!packed && !fp8) throw std::runtime_error("nvfp4_quantize_rows: no output");
-  const KernelFn kernel = p.fp16 ? pick_kernel<true>(packed, fp8) : pick_kernel<false>(packed, fp8);
+  KernelFn kernel;
+  switch (bpt) {
+    case 2: kernel = pick_kernel<2>(p.fp16, packed, fp8); break;
+    case 3: kernel = pick_kernel<3>(p.fp16, packed, fp8); break;
+    default: kernel = pick_kernel<4>(p.fp16, packed, fp8); break;
+  }
   kernel<<<static_cast<unsigned>(grid), threads, 0, p.stream>>>(p);
 }
 
