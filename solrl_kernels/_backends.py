@@ -33,10 +33,14 @@ def _load_native() -> tuple[bool, str]:
     return True, "solrl_kernels._C loaded"
 
 
+# torch.compile: constants computed eagerly. Traced, the first call would run _load_native's
+# imports and op registrations inside Dynamo, which fails where _C is absent.
+@torch._dynamo.assume_constant_result
 def native_ops_available() -> bool:
     return _load_native()[0]
 
 
+@torch._dynamo.assume_constant_result
 def native_unavailable_reason() -> str:
     return _load_native()[1]
 

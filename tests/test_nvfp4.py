@@ -272,7 +272,7 @@ def test_triton_noncontiguous_empty_and_given_scale(device):
 
 
 # "auto": the CUDA row quantizer where nvfp4.api's routing takes it (Hopper, no scale search:
-# the E4M3 container, and per-row scales when K is not a power of two), else Triton
+# the E4M3 container and per-row scales), else Triton
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["triton", "auto"])
 @pytest.mark.parametrize("rule,search", CASES, ids=["rn", "fp8_exact", "fp8_exact-search"])

@@ -2,16 +2,16 @@
 
 ``backend="auto"`` runs, in this order of preference: the CUDA row quantizer of csrc/
 (Hopper, bf16/fp16 input, no scale search: torch.ops.solrl_kernels.nvfp4_quantize_rows) for
-the E4M3 container (:func:`quantize_to_fp8`) and for packed outputs with per-row scales when K
-is not a power of two; then the Triton kernels where they can run (CUDA tensors; CPU tensors
-under TRITON_INTERPRET=1); then the plain-torch reference. All give the same bits. "cuda",
-"triton" and "reference" force one path (an unavailable one raises RuntimeError saying why).
+the E4M3 container (:func:`quantize_to_fp8`) and for packed outputs with per-row scales; then
+the Triton kernels where they can run (CUDA tensors; CPU tensors under TRITON_INTERPRET=1);
+then the plain-torch reference. All give the same bits. "cuda", "triton" and "reference"
+force one path (an unavailable one raises RuntimeError saying why).
 
-Why that split, measured on the H200 (bench/RESULTS.md §2, session 7; x copy bandwidth at
-K = 8192 / 5120 / 3072): the container, CUDA 0.88 / 0.88 / 0.89 against Triton 0.91 / 0.73 /
-0.78, with a third of the host time; packed fp8_exact with per-row scales, CUDA 0.72 / 0.74 /
-0.75 against Triton 0.79 / 0.62 / 0.65 (Triton's power-of-two tiles walk other rows twice);
-packed with a given scale, Triton 0.83 / 0.88 / 0.88 against CUDA 0.83 / 0.81 / 0.82.
+Why that split, measured on the H200 (bench/RESULTS.md §2, session 8; x copy bandwidth at
+K = 8192 / 5120 / 3072): the container, CUDA 0.94 / 0.90 / 0.89 against Triton 0.91 / 0.73 /
+0.78, with a third of the host time; packed fp8_exact with per-row scales, CUDA 0.83 / 0.80 /
+0.82 against Triton 0.79 / 0.62 / 0.65 (Triton's power-of-two tiles walk other rows twice);
+packed with a given scale, Triton 0.83 / 0.88 / 0.88 against CUDA 0.84 / 0.82 / 0.84.
 """
 
 from __future__ import annotations
@@ -86,12 +86,11 @@ def _path(backend: Backend, x2d: torch.Tensor, scale_search: bool, container: bo
     container: the output is the E4M3 container (else the packed format); row_scale: the
     packed format with per-row scales computed from the rows.
 
-    "auto" takes the CUDA kernel where it was measured faster (bench/RESULTS.md §2): always
-    for the container, and for per-row scales when K is not a power of two (Triton's
-    power-of-two tiles walk such rows twice); Triton for the rest of the packed formats."""
+    "auto" takes the CUDA kernel where it was measured faster (bench/RESULTS.md §2): for the
+    container and for per-row scales computed from the rows; Triton for the rest of the
+    packed formats (a given global scale, blocked scales)."""
     _check_backend(backend)
-    K = x2d.shape[-1]
-    cuda_first = container or (row_scale and K & (K - 1) != 0)
+    cuda_first = container or row_scale
     if backend == "cuda" or (backend == "auto" and cuda_first):
         why = _cuda_unavailable_reason(x2d, scale_search)
         if why is None:
