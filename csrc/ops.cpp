@@ -385,9 +385,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nvfp4_quantize_rows(
 
   auto u8 = x.options().dtype(at::kByte);
   at::Tensor data = at::empty(write_packed ? std::vector<int64_t>{R, K / 2} : std::vector<int64_t>{0}, u8);
-  at::Tensor scales = !write_packed ? at::empty({0}, u8)
-                      : blocked     ? at::zeros({blocked_scales_numel(R, K)}, u8)
-                                    : at::empty({R, K / 16}, u8);
+#ifdef SOLRL_ENABLE_SM90
+  // blocked scales: no memset where the kernel writes every byte (it stages the scales and
+  // writes the padding too, or there is no padding)
+  const bool blocked_filled = nvfp4_quantize_rows_fills_blocked_scales(R, static_cast<int>(K));
+#else
+  const bool blocked_filled = false;  // (no kernel: the op fails below)
+#endif
+  at::Tensor scales = !write_packed    ? at::empty({0}, u8)
+                      : !blocked         ? at::empty({R, K / 16}, u8)
+                      : blocked_filled   ? at::empty({blocked_scales_numel(R, K)}, u8)
+                                         : at::zeros({blocked_scales_numel(R, K)}, u8);
   at::Tensor gs = at::empty({global_scale ? 0 : R}, x.options().dtype(at::kFloat));
   at::Tensor fp8 = at::empty(write_fp8 ? std::vector<int64_t>{R, K} : std::vector<int64_t>{0},
                              x.options().dtype(at::kFloat8_e4m3fn));

@@ -3,11 +3,15 @@ against solrl_kernels.nvfp4.reference, bit for bit.
 
 CPU (whenever _C is built): schema, fake implementation, argument errors of the C++ op and of
 its fake, the public API's answer to backend="cuda" where the kernel cannot run, and
-torch.compile(fullgraph=True) tracing of the CUDA route and of its eligibility checks. GPU
-(@pytest.mark.gpu, Hopper): every row tiling (rows sharing a warp, one CTA per row, ragged
-unit counts), both rules, per-row / per-tensor / given scales, row-major and blocked scales,
-the E4M3 container; awkward values (zero blocks and rows, signed zeros, subnormal inputs,
-huge rows); torch.compile and opcheck.
+torch.compile(fullgraph=True) tracing of the CUDA route and of its eligibility checks. CPU
+(always): the launcher's plan and the kernel's indexing, mirrored in Python, for every K
+(every block of every row quantized once, every byte of the blocked scales written once), and
+the exactness of the kernel's division-free arithmetic. GPU (@pytest.mark.gpu, Hopper): every
+row tiling (rows sharing a warp, one CTA per row, 4 or 8 rows per CTA for blocked scales,
+ragged unit counts), both rules, per-row / per-tensor / given scales, row-major and blocked
+scales (byte for byte, padding included, in memory left dirty), the E4M3 container; awkward
+values (zero blocks and rows, signed zeros, subnormal inputs, huge and tiny rows and blocks);
+torch.compile and opcheck.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ import torch
 from solrl_kernels import _backends, nvfp4
 from solrl_kernels.nvfp4 import api
 from solrl_kernels.nvfp4 import reference as ref
+from solrl_kernels.nvfp4.layouts import blocked_numel
 from solrl_kernels.nvfp4.testing import assert_same_fp8_container, assert_same_nvfp4
 
-pytestmark = pytest.mark.skipif(
+# the tests of the op (the arithmetic mirrors at the end run without _C)
+needs_native = pytest.mark.skipif(
     not _backends.native_ops_available(), reason=_backends.native_unavailable_reason()
 )
 
@@ -47,16 +53,16 @@ needs_cuda_quantizer = pytest.mark.skipif(
 
 
 # ---------------------------------------------------------------------------------- CPU tests
+@needs_native
 def test_schema():
     assert str(op().default._schema) == (
         "solrl_kernels::nvfp4_quantize_rows(Tensor x, Tensor? global_scale, bool fp8_exact, "
         "bool blocked, bool write_packed, bool write_fp8) -> (Tensor, Tensor, Tensor, Tensor)")
 
 
+@needs_native
 def test_fake_shapes():
     from torch._subclasses.fake_tensor import FakeTensorMode
-
-    from solrl_kernels.nvfp4.layouts import blocked_numel
 
     with FakeTensorMode():
         x = torch.empty(10, 64, dtype=torch.bfloat16)
@@ -90,6 +96,7 @@ def _bad_cases():
     ]
 
 
+@needs_native
 @pytest.mark.parametrize("kw, exc, match", _bad_cases())
 @pytest.mark.parametrize("impl", ["cpp", "fake"])
 def test_bad_inputs(kw, exc, match, impl):
@@ -103,12 +110,14 @@ def test_bad_inputs(kw, exc, match, impl):
             op()(*args.values())
 
 
+@needs_native
 def test_valid_cpu_inputs_say_cuda_or_arch():
     match = "CUDA tensors only" if "sm90a" in _backends.native_archs() else "9.0a"
     with pytest.raises((ValueError, RuntimeError), match=match):
         op()(torch.randn(8, 64, dtype=torch.bfloat16), None, True, False, True, True)
 
 
+@needs_native
 def test_api_backend_cuda_says_why_not():
     x = torch.randn(4, 64, dtype=torch.bfloat16)
     with pytest.raises(RuntimeError, match="backend='cuda' requested but unavailable: .*CUDA"):
@@ -119,6 +128,7 @@ def test_api_backend_cuda_says_why_not():
         nvfp4.quantize(x, backend="native")
 
 
+@needs_native
 def test_cuda_path_checks_trace_under_compile(monkeypatch):
     """The eligibility checks of the CUDA path, as torch.compile(fullgraph=True) traces them on
     a Hopper GPU (stood in for here: capability (9, 0)); session 6 found Tensor.storage_offset()
@@ -137,6 +147,7 @@ def test_cuda_path_checks_trace_under_compile(monkeypatch):
     assert torch.equal(torch.compile(f, fullgraph=True, backend="eager")(x.float()), x.float() * 3)
 
 
+@needs_native
 def test_cuda_route_traces_fullgraph(monkeypatch):
     """quantize_to_fp8 on the CUDA route (forced here on CPU tensors) traces into one graph
     holding the op, through its fake implementation; the graph is not run."""
@@ -188,6 +199,7 @@ KS = [16, 48, 272, 1024, 1040, 2240, 3072, 5120, 8192, 15360, 32768]
 
 
 @pytest.mark.gpu
+@needs_native
 @needs_cuda_quantizer
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("K", KS, ids=lambda k: f"K{k}")
@@ -215,6 +227,7 @@ def test_gpu_bit_exact(K, dtype):
 
 
 @pytest.mark.gpu
+@needs_native
 @needs_cuda_quantizer
 def test_gpu_large_both_outputs_one_call():
     """Packed data, scales, per-row scale and the container from one launch, at a DiT size."""
@@ -229,6 +242,7 @@ def test_gpu_large_both_outputs_one_call():
 
 
 @pytest.mark.gpu
+@needs_native
 @needs_cuda_quantizer
 @pytest.mark.parametrize("K", [16, 1040, 3072, 5120, 8192])
 def test_gpu_many_rows(K):
@@ -253,7 +267,64 @@ def test_gpu_many_rows(K):
                        scale_layout="blocked", backend="reference"))
 
 
+def _blocky(R: int, K: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """_awkward rows with, in every row, about one block in 8 zeroed, one made huge and one
+    tiny (bf16: x 1e25 / 1e-25; fp16: x 64 / 1e-4, clamped to the finite range)."""
+    x = _awkward(R, K, dtype, seed).float().reshape(R, K // 16, 16)
+    kind = torch.randint(0, 8, (R, K // 16, 1), generator=torch.Generator().manual_seed(seed))
+    huge, tiny = (1e25, 1e-25) if dtype == torch.bfloat16 else (64.0, 1e-4)
+    x = torch.where(kind == 0, 0.0, torch.where(kind == 1, x * huge,
+                                                torch.where(kind == 2, x * tiny, x)))
+    top = torch.finfo(dtype).max
+    return x.reshape(R, K).clamp(-top, top).to(dtype)
+
+
+def _poison_cuda_cache(*numels: int) -> None:
+    """Leave freed uint8 blocks of these sizes, filled with 0xA5, in the caching allocator:
+    outputs allocated without a memset then show any byte the kernel leaves unwritten."""
+    blocks = [torch.full((n,), 0xA5, dtype=torch.uint8, device="cuda") for n in numels for _ in "ab"]
+    del blocks
+
+
+# Blocked scales, compared byte for byte with the padding: staged CTAs of 8 rows (K = 1040: 65
+# blocks, 3 columns of padding, one warp per row; 3072, 5120, 8192) and of 4 rows (12288: 768
+# blocks, 192 threads per row), a CTA per row (32768: 1024 threads); ragged R (padding rows in
+# the last tile) and R = 256 (no padding: the unstaged path's scales are not cleared either)
 @pytest.mark.gpu
+@needs_native
+@needs_cuda_quantizer
+@pytest.mark.parametrize("R", [1, 129, 256, 300], ids=lambda r: f"R{r}")
+@pytest.mark.parametrize("K", [1040, 3072, 5120, 8192, 12288, 32768], ids=lambda k: f"K{k}")
+def test_gpu_blocked_scales_bit_exact(K, R):
+    for dtype in (torch.bfloat16, torch.float16):
+        x = _blocky(R, K, dtype, seed=K + R + (dtype == torch.float16))
+        xc = x.cuda()
+        for rule in ("rn", "fp8_exact"):
+            fp8_exact = rule == "fp8_exact"
+            b = ref.quantize(x, rule, granularity="row")
+            want = nvfp4.to_blocked(b.scales.reshape(R, K // 16)).view(torch.uint8)
+            _poison_cuda_cache(R * K // 2, want.numel())
+            data, scales, gs, fp8 = op()(xc, None, fp8_exact, True, True, fp8_exact)
+            assert torch.equal(scales.cpu(), want), (rule, dtype)  # every byte, padding too
+            assert torch.equal(data.cpu(), b.data)
+            assert torch.equal(gs.cpu(), b.global_scale.reshape(-1))
+            if fp8_exact:
+                v_ref, _ = ref.to_fp8_container(b)
+                assert torch.equal(fp8.view(torch.uint8).cpu(), v_ref.view(torch.uint8))
+            # given scales (no row max): the tensor's, and one per row
+            for gran, given in (("tensor", None), ("row", torch.rand(R, 1) * 0.02 + 1e-4)):
+                _poison_cuda_cache(R * K // 2, want.numel())
+                a = nvfp4.quantize(xc, rule, granularity=gran, check_finite=False,
+                                   global_scale=None if given is None else given.cuda(),
+                                   scale_layout="blocked", backend="cuda")
+                r = nvfp4.quantize(x, rule, granularity=gran, check_finite=False,
+                                   global_scale=given, scale_layout="blocked", backend="reference")
+                assert torch.equal(a.scales.view(torch.uint8).cpu(), r.scales.view(torch.uint8))
+                assert_same_nvfp4(a, r)
+
+
+@pytest.mark.gpu
+@needs_native
 @needs_cuda_quantizer
 def test_gpu_views_empty_and_fallbacks():
     x = _awkward(64, 1040, torch.bfloat16, seed=3).cuda()
@@ -280,6 +351,7 @@ def test_gpu_views_empty_and_fallbacks():
 
 
 @pytest.mark.gpu
+@needs_native
 @needs_cuda_quantizer
 def test_gpu_opcheck_and_compile():
     x = _awkward(33, 256, torch.bfloat16, seed=5).cuda()
@@ -341,3 +413,190 @@ def test_block_scale_over_gs_without_division_is_exact():
                  for e, m in ((eh, mh), (eg, mg)))
         rg = _rn32(1 / Fraction(float(gs)))
         assert _markstein(h, gs, rg) == _rn32(Fraction(float(h)) / Fraction(float(gs))), (h, gs)
+
+
+# ------------------------------------ the launcher's plan and the kernel's indexing, mirrored
+# csrc/nvfp4_quantize/nvfp4_quantize_rows_sm90.cu line for line, in its integer arithmetic (on
+# non-negative ints C++'s / is //): blocks_per_thread, make_plan and
+# nvfp4_quantize_rows_fills_blocked_scales; the kernel's prologue (row and lane of a thread),
+# its block loop, row_max's shared-memory slots, and the staged blocked path (staged_rows,
+# staged_row, stage_offset, write_staged).
+MAX_THREADS, THREADS_SHARED, BPT_SHARED, MIN_BPT, MAX_BPT = 1024, 128, 2, 2, 4
+STAGE_BYTES = MAX_THREADS * MAX_BPT  # kStageBytes: the staged kernels' shared array
+
+
+def _blocks_per_thread(blocks: int) -> int:
+    best, best_cost = MIN_BPT, 1e300
+    for bpt in range(MIN_BPT, MAX_BPT + 1):
+        threads = (blocks + bpt - 1) // bpt
+        if threads > MAX_THREADS:
+            continue
+        cost = ((threads + 31) // 32) * (1.35 + bpt)
+        if cost < best_cost:
+            best, best_cost = bpt, cost
+    return best
+
+
+def _make_plan(R: int, K: int, blocked: bool) -> dict:
+    """-> bpt, threads_per_row (tpr), log2_tpr, staged, cta (x, y), grid."""
+    blocks = K // 16
+    need = (blocks + BPT_SHARED - 1) // BPT_SHARED
+    if need <= 32:  # rows share warps
+        log2 = 0
+        while (1 << log2) < need:
+            log2 += 1
+        rows_per_cta = THREADS_SHARED // (1 << log2)
+        return dict(bpt=BPT_SHARED, tpr=1 << log2, log2_tpr=log2, staged=False,
+                    cta=(THREADS_SHARED, 1), grid=(R + rows_per_cta - 1) // rows_per_cta)
+    bpt = _blocks_per_thread(blocks)
+    tpr = ((blocks + bpt - 1) // bpt + 31) // 32 * 32
+    rows = 1 if not blocked else 8 if 8 * tpr <= MAX_THREADS else 4 if 4 * tpr <= MAX_THREADS else 1
+    staged = rows > 1
+    return dict(bpt=bpt, tpr=tpr, log2_tpr=5, staged=staged, cta=(tpr, rows),
+                grid=(R + 127) // 128 * (128 // rows) if staged else R)
+
+
+def _fills_blocked_scales(R: int, K: int) -> bool:
+    blocks = K // 16
+    return _make_plan(R, K, True)["staged"] or (R % 128 == 0 and blocks % 4 == 0)
+
+
+def _blocked_offset(row, col, n_col_blocks):
+    tile = (row // 128) * n_col_blocks + col // 4
+    return tile * 512 + (row % 32) * 16 + ((row % 128) // 32) * 4 + col % 4
+
+
+def _kernel_rows(pl: dict, R: int):
+    """The prologue: (cta, threadIdx.y, threadIdx.x) -> row, lane_in_row, as arrays over the
+    grid; rows that own a CTA (tpr >= 32) depend on (cta, y) only, so x is left out there."""
+    cx, cy = pl["cta"]
+    tpr = pl["tpr"]
+    if pl["staged"]:  # staged_rows, staged_row
+        c, y = (a.ravel() for a in np.meshgrid(np.arange(pl["grid"]), np.arange(cy), indexing="ij"))
+        lp = cy // 8
+        tile, q = c >> (5 - lp), c & ((32 >> lp) - 1)
+        g, i = y >> lp, y & ((1 << lp) - 1)
+        return tile * 128 + 32 * g + (q << lp) + i, None
+    if tpr > 32:
+        return np.arange(pl["grid"]), None
+    c, x = (a.ravel() for a in np.meshgrid(np.arange(pl["grid"]), np.arange(cx), indexing="ij"))
+    return (c * cx + x) >> pl["log2_tpr"], x & (tpr - 1)
+
+
+def _stage_offset(lp: int, y, b):
+    g, i = y >> lp, y & ((1 << lp) - 1)
+    return ((b >> 2) << (4 + lp)) + 16 * i + 4 * g + (b & 3)
+
+
+def _write_staged(lp: int, tile, q, t, n_col_blocks):
+    """Global byte offset of the 16-byte store of stage chunk t (t < n_col_blocks << lp)."""
+    tile_idx = tile * n_col_blocks + (t >> lp)
+    i = t & ((1 << lp) - 1)
+    return tile_idx * 512 + ((q << lp) + i) * 16
+
+
+RS = [1, 7, 127, 128, 129, 300, 1000]
+
+
+def _check_rows(pl: dict, R: int) -> None:
+    """Every row < R has exactly one thread per lane; the staged grid covers the last tile."""
+    rows, lanes = _kernel_rows(pl, R)
+    ok = rows < R
+    if lanes is None:  # a row per (cta, y): lanes 0..tpr-1 are threadIdx.x
+        assert np.array_equal(np.bincount(rows[ok], minlength=R), np.ones(R, np.int64))
+    else:
+        assert np.array_equal(np.bincount(rows[ok] * pl["tpr"] + lanes[ok], minlength=R * pl["tpr"]),
+                              np.ones(R * pl["tpr"], np.int64))
+    if pl["staged"]:
+        assert np.array_equal(np.sort(rows), np.arange((R + 127) // 128 * 128))
+
+
+def _check_staged_cta_slices(K: int, pl: dict) -> None:
+    """In the CTAs of one 128-row tile (tile 1, so that its offset counts): the stage holds
+    every (row y, column < 4 ceil(blocks / 4)) once, and write_staged puts each staged byte at
+    blocked_offset(row, column)."""
+    blocks, tpr, bpt = K // 16, pl["tpr"], pl["bpt"]
+    cx, cy = pl["cta"]
+    lp = cy // 8
+    ncb = (blocks + 3) // 4
+    assert ncb * 16 << lp <= STAGE_BYTES and ncb << lp <= cx * cy
+    b = (np.arange(tpr)[:, None] + np.arange(bpt)[None, :] * tpr).ravel()  # lane + i * tpr
+    b = b[b < (blocks + 3) // 4 * 4]  # staged: quantized (b < blocks) or zero padding
+    assert np.array_equal(np.sort(b), np.arange(ncb * 4))
+    y = np.arange(cy)
+    s = _stage_offset(lp, y[:, None], b[None, :])  # (y, b)
+    assert np.array_equal(np.sort(s.ravel()), np.arange(ncb * 16 << lp))
+    per_tile = 32 >> lp
+    c = np.arange(per_tile, 2 * per_tile)[:, None, None]
+    tile, q = c >> (5 - lp), c & (per_tile - 1)
+    g, i = y >> lp, y & ((1 << lp) - 1)
+    row = tile * 128 + 32 * g[None, :, None] + (q << lp) + i[None, :, None]
+    got = _write_staged(lp, tile, q, s[None] // 16, ncb) + s[None] % 16
+    assert np.array_equal(got, _blocked_offset(row, b[None, None, :], ncb))
+
+
+def _check_staged_buffer(K: int, pl: dict, R: int) -> None:
+    """write_staged's 16-byte stores over the grid cover the blocked scales once."""
+    ncb = (K // 16 + 3) // 4
+    lp = pl["cta"][1] // 8
+    c = np.arange(pl["grid"])[:, None]
+    t = np.arange(ncb << lp)[None, :]  # the threads that store
+    off = _write_staged(lp, c >> (5 - lp), c & ((32 >> lp) - 1), t, ncb)
+    assert np.all(off % 16 == 0)
+    n = blocked_numel(R, K // 16)
+    assert np.array_equal(np.bincount(off.ravel() // 16, minlength=n // 16), np.ones(n // 16, np.int64))
+
+
+def _check_row_max_slots(pl: dict) -> None:
+    """row_max<kRowsAlongY>: warp w of row y writes red[y * warps + w]; the row reads
+    red[y * warps + lane], lane < warps: exactly the warps holding its threads, <= 32 slots."""
+    cx, cy = pl["cta"]
+    if pl["tpr"] <= 32:
+        return  # shuffles within a warp
+    assert cx % 32 == 0 and cx * cy // 32 <= 32
+    warps = cx // 32
+    for y in range(cy):
+        hw = {(y * cx + x) // 32 for x in range(cx)}  # the hardware's warps of the row
+        assert hw == {y * warps + w for w in range(warps)}
+
+
+def test_launcher_and_kernel_indexing_every_k():
+    """For every K (multiple of 16 up to 32768) and several R: each row's blocks are quantized
+    by exactly one thread (rows x blocks: each (row < R, block) once), threads per CTA and
+    shared memory fit, row_max reduces each row's own warps, and on the staged blocked path
+    every byte of the blocked scales (padding included) is written once, with the scale of the
+    (row, column) blocked_offset puts there; where the kernel does not stage, the launcher
+    reports padding (so ops.cpp clears it) exactly when some byte would stay unwritten."""
+    staged_ks, rows_checked = [], set()
+    for K in range(16, 32768 + 1, 16):
+        blocks = K // 16
+        for blocked in (False, True):
+            pl = _make_plan(1, K, blocked)
+            tpr, bpt = pl["tpr"], pl["bpt"]
+            cx, cy = pl["cta"]
+            assert cx * cy <= MAX_THREADS
+            assert (tpr & (tpr - 1) == 0 and tpr <= 32) if pl["log2_tpr"] < 5 else tpr % 32 == 0
+            # every block of a row once: b = lane + i * tpr, b < blocks
+            b = (np.arange(tpr)[:, None] + np.arange(bpt)[None, :] * tpr).ravel()
+            assert np.array_equal(np.bincount(b[b < blocks], minlength=blocks), np.ones(blocks, np.int64))
+            assert pl["staged"] == (blocked and blocks > 64 and tpr <= 256)
+            assert not pl["staged"] or cy == (8 if tpr <= 128 else 4)
+            _check_row_max_slots(pl)
+            if pl["staged"]:
+                staged_ks.append(K)
+                _check_staged_cta_slices(K, pl)
+            for R in RS:
+                plr = _make_plan(R, K, blocked)
+                key = (plr["staged"], tpr, plr["log2_tpr"], plr["cta"], plr["grid"], R)
+                if key not in rows_checked:  # rows depend on the plan's shape, not on K
+                    rows_checked.add(key)
+                    _check_rows(plr, R)
+                if not blocked:
+                    continue
+                if plr["staged"]:
+                    assert _fills_blocked_scales(R, K)
+                    _check_staged_buffer(K, plr, R)
+                else:  # R x blocks bytes, once each (blocked_offset is one-to-one: test_nvfp4)
+                    assert _fills_blocked_scales(R, K) == (R * blocks == blocked_numel(R, blocks))
+    # the staged path: 65 .. 1024 blocks (2 to 4 blocks per thread, up to 256 threads per row)
+    assert staged_ks[0] == 65 * 16 and staged_ks[-1] == 1024 * 16 and len(staged_ks) == 960

@@ -260,6 +260,26 @@ def test_triton_blocked_layout_and_fp8_container(dtype, device):
         assert torch.equal(gs.cpu(), gs_ref)
 
 
+def test_triton_blocked_without_padding_writes_every_byte(device, monkeypatch):
+    """R % 128 == 0 and (K/16) % 4 == 0: ops.quantize_rows allocates the blocked scales
+    without a memset, so every byte must come from the kernel (new_empty poisoned here)."""
+    new_empty = torch.Tensor.new_empty
+
+    def poisoned(self, *args, **kwargs):
+        t = new_empty(self, *args, **kwargs)
+        return t.fill_(0xA5) if t.dtype == torch.uint8 else t
+
+    monkeypatch.setattr(torch.Tensor, "new_empty", poisoned)
+    x = _rand((128, 64), torch.bfloat16, kind="wide", seed=7).to(device)
+    x[3, 16:48] = 0  # zero blocks: scale bytes that are legitimately small
+    for rule, gran in (("fp8_exact", "row"), ("rn", "tensor")):
+        a = nvfp4.quantize(x, rule, granularity=gran, scale_layout="blocked", backend="triton")
+        b = nvfp4.quantize(x.cpu(), rule, granularity=gran, scale_layout="blocked",
+                           backend="reference")
+        assert torch.equal(a.scales.view(torch.uint8).cpu(), b.scales.view(torch.uint8))
+        assert_same_nvfp4(a, b)
+
+
 def test_triton_noncontiguous_empty_and_given_scale(device):
     x = _rand((64, 96)).to(device)
     xt = x.t().contiguous().t()[:, :64]  # non-contiguous (..., K) view
