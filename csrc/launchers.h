@@ -116,7 +116,7 @@ void nvfp4_quantize_rows_sm90(const Nvfp4QuantizeParams& p);
 
 // Whether nvfp4_quantize_rows_sm90 writes every byte of the blocked scales of (R, K) rows,
 // padding included (ops.cpp then allocates them without a memset): always where it stages
-// them (rows of K/16 > 64 blocks and up to 256 threads), else when there is no padding.
+// them (rows of K/16 > 64 blocks and up to 128 threads), else when there is no padding.
 bool nvfp4_quantize_rows_fills_blocked_scales(int64_t R, int K);
 
 }  // namespace solrl

@@ -287,8 +287,8 @@ def _poison_cuda_cache(*numels: int) -> None:
 
 
 # Blocked scales, compared byte for byte with the padding: staged CTAs of 8 rows (K = 1040: 65
-# blocks, 3 columns of padding, one warp per row; 3072, 5120, 8192) and of 4 rows (12288: 768
-# blocks, 192 threads per row), a CTA per row (32768: 1024 threads); ragged R (padding rows in
+# blocks, 3 columns of padding, one warp per row; 3072) and of 4 rows (5120, 8192: 96 and 128
+# threads per row), a CTA per row (12288: 192 threads; 32768: 1024); ragged R (padding rows in
 # the last tile) and R = 256 (no padding: the unstaged path's scales are not cleared either)
 @pytest.mark.gpu
 @needs_native
@@ -422,6 +422,7 @@ def test_block_scale_over_gs_without_division_is_exact():
 # its block loop, row_max's shared-memory slots, and the staged blocked path (staged_rows,
 # staged_row, stage_offset, write_staged).
 MAX_THREADS, THREADS_SHARED, BPT_SHARED, MIN_BPT, MAX_BPT = 1024, 128, 2, 2, 4
+MAX_STAGED_THREADS = 512  # kMaxStagedThreads: the staged blocked CTAs' size
 STAGE_BYTES = MAX_THREADS * MAX_BPT  # kStageBytes: the staged kernels' shared array
 
 
@@ -450,7 +451,8 @@ def _make_plan(R: int, K: int, blocked: bool) -> dict:
                     cta=(THREADS_SHARED, 1), grid=(R + rows_per_cta - 1) // rows_per_cta)
     bpt = _blocks_per_thread(blocks)
     tpr = ((blocks + bpt - 1) // bpt + 31) // 32 * 32
-    rows = 1 if not blocked else 8 if 8 * tpr <= MAX_THREADS else 4 if 4 * tpr <= MAX_THREADS else 1
+    rows = (1 if not blocked else 8 if 8 * tpr <= MAX_STAGED_THREADS
+            else 4 if 4 * tpr <= MAX_STAGED_THREADS else 1)
     staged = rows > 1
     return dict(bpt=bpt, tpr=tpr, log2_tpr=5, staged=staged, cta=(tpr, rows),
                 grid=(R + 127) // 128 * (128 // rows) if staged else R)
@@ -579,8 +581,8 @@ def test_launcher_and_kernel_indexing_every_k():
             # every block of a row once: b = lane + i * tpr, b < blocks
             b = (np.arange(tpr)[:, None] + np.arange(bpt)[None, :] * tpr).ravel()
             assert np.array_equal(np.bincount(b[b < blocks], minlength=blocks), np.ones(blocks, np.int64))
-            assert pl["staged"] == (blocked and blocks > 64 and tpr <= 256)
-            assert not pl["staged"] or cy == (8 if tpr <= 128 else 4)
+            assert pl["staged"] == (blocked and blocks > 64 and tpr <= 128)
+            assert not pl["staged"] or cy == (8 if tpr <= 64 else 4)
             _check_row_max_slots(pl)
             if pl["staged"]:
                 staged_ks.append(K)
@@ -598,5 +600,5 @@ def test_launcher_and_kernel_indexing_every_k():
                     _check_staged_buffer(K, plr, R)
                 else:  # R x blocks bytes, once each (blocked_offset is one-to-one: test_nvfp4)
                     assert _fills_blocked_scales(R, K) == (R * blocks == blocked_numel(R, blocks))
-    # the staged path: 65 .. 1024 blocks (2 to 4 blocks per thread, up to 256 threads per row)
-    assert staged_ks[0] == 65 * 16 and staged_ks[-1] == 1024 * 16 and len(staged_ks) == 960
+    # the staged path: 65 .. 512 blocks (2 to 4 blocks per thread, up to 128 threads per row)
+    assert staged_ks[0] == 65 * 16 and staged_ks[-1] == 512 * 16 and len(staged_ks) == 448

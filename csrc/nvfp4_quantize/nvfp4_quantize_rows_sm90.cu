@@ -17,8 +17,8 @@
 // Blocked scales (the 128x4 swizzle, blocked_offset) of rows that own a CTA: a row's scales
 // are 4 contiguous bytes per 512-byte tile, so its 1-byte stores would touch a 32-byte
 // sector per 4 bytes (~17% more L2 write requests per block than row-major scales). Instead
-// a CTA takes 4P rows (P = 2, or 1 when 8 rows of T threads exceed 1024 threads; rows of
-// more than 256 threads keep the CTA per row), one per threadIdx.y, chosen so that their
+// a CTA takes 4P rows (P = 2, or 1 when 8 rows of T threads exceed 512 threads; rows of
+// more than 128 threads keep the CTA per row), one per threadIdx.y, chosen so that their
 // scales fill whole chunks of the layout: with 32 / P CTAs per 128-row tile, CTA c =
 // (tile t, q) takes rows 128 t + 32 g + P q + i (g = 0..3, i < P), whose scales in each tile
 // are its bytes [16 P q, 16 P q + 16 P): one full sector when P = 2, half of one when P = 1.
@@ -46,6 +46,9 @@ constexpr int kBlocksPerThreadShared = 2;  // when rows share warps (K <= 1024)
 constexpr int kMinBlocksPerThread = 2, kMaxBlocksPerThread = 4;  // 5 spills (64 registers)
 constexpr int kThreadsShared = 128;  // CTA size when rows share warps
 constexpr int kMaxThreads = 1024;
+// Staged blocked CTAs (below) wait at a barrier before their scale stores; at most 512 threads
+// keeps two of them per SM (64 registers each), so one's barrier does not idle the SM.
+constexpr int kMaxStagedThreads = 512;
 // Staged blocked scales: a CTA's rows x 4 ceil(blocks / 4) bytes, at most 1024 x 4 (blocks per
 // row <= 4 T and rows x T <= 1024; tests/test_native_quantize.py checks every K).
 constexpr int kStageBytes = kMaxThreads * kMaxBlocksPerThread;
@@ -492,12 +495,12 @@ Plan make_plan(int64_t R, int K, bool blocked) {
   pl.bpt = blocks_per_thread(blocks);
   pl.threads_per_row = ((blocks + pl.bpt - 1) / pl.bpt + 31) / 32 * 32;
   pl.log2_threads_per_row = 5;  // used only when threads_per_row == 32
-  // ... or, for blocked scales, 4P rows (P = 2 or 1, as 1024 threads allow) per CTA, 128 / 4P
-  // CTAs per 128-row tile (the last tile complete: its rows >= R stage zeros)
-  const int rows = !blocked                                  ? 1
-                   : 8 * pl.threads_per_row <= kMaxThreads ? 8
-                   : 4 * pl.threads_per_row <= kMaxThreads ? 4
-                                                             : 1;
+  // ... or, for blocked scales, 4P rows (P = 2 or 1) per CTA of at most kMaxStagedThreads,
+  // 128 / 4P CTAs per 128-row tile (the last tile complete: its rows >= R stage zeros)
+  const int rows = !blocked                                        ? 1
+                   : 8 * pl.threads_per_row <= kMaxStagedThreads ? 8
+                   : 4 * pl.threads_per_row <= kMaxStagedThreads ? 4
+                                                                   : 1;
   pl.staged = rows > 1;
   pl.cta = dim3(pl.threads_per_row, rows);
   pl.grid = pl.staged ? (R + 127) / 128 * (128 / rows) : R;
