@@ -333,9 +333,9 @@ def explore(run: Run, prompts, uids, cond, show: int) -> Rollouts | None:
     full = cfg.algorithm != "sol_rl"  # these pools are trained on directly
     sde = r.noise_level if full and cfg.train.objective == "grpo" else None
     pidx, cand = _grid(len(prompts), r.pool)
-    # FP4 pools sample the rollout copy under rollout_mode; BF16 pools its (compiled) copy, or
-    # for Flow-GRPO the policy itself (log-probs must match the training numerics)
-    net = run.policy.rollout if fp4 else run.rollout_fast if sde is None else run.policy.net
+    # pools sample the rollout copy (compiled with train.compile), under rollout_mode for FP4;
+    # BF16 pools for Flow-GRPO sample the policy itself (log-probs must match the training numerics)
+    net = run.rollout_fast if sde is None else run.policy.net
     autocast = run.policy.autocast if net is run.policy.net else contextlib.nullcontext
     ctx = (fp4_rollouts(net, r.preview_linear, r.preview_attention, r.fp4_min_features,
                         r.fp4_exclude) if fp4 else contextlib.nullcontext())  # fmt: skip

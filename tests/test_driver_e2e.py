@@ -248,3 +248,23 @@ def test_gpu_two_iterations_nvfp4_preview(tmp_path, algorithm, objective):
         assert r["reward_fp4_mean"] is not None
         assert r["skipped_groups"] == r["skipped_losses"] == r["skipped_steps"] == 0
     assert _finite_params(model.transformer)
+
+
+def test_compiled_rollouts_do_not_recompile_per_iteration(tmp_path):
+    """train.compile: the NVFP4 previews (under rollout_mode) and the BF16 regeneration run the
+    compiled rollout copy. Each iteration re-quantizes the weights into new NVFP4Linear modules;
+    Dynamo guards on their type, not their identity, so iterations after the first compile
+    nothing: two iterations build exactly the graphs one does."""
+    from torch._dynamo.utils import counters
+
+    graphs = []
+    for iterations in (1, 2):
+        torch._dynamo.reset()
+        counters.clear()
+        cfg = tiny_cfg(tmp_path, f"compiled-{iterations}", algorithm="sol_rl", iterations=iterations,
+                       **{"train.compile": True, "eval.every": 0})
+        rows = read_jsonl(os.path.join(run(cfg), "metrics.jsonl"))
+        assert len(rows) == iterations and all(math.isfinite(r["loss"]) for r in rows)
+        assert rows[-1]["reward_fp4_mean"] is not None and rows[-1]["reward_bf16_mean"] is not None
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[0] > 0 and graphs[1] == graphs[0], graphs
