@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # H200 device runs: bash bench/device/run.sh PART [PART ...]; logs and records go to $OUT.
 # Parts (times measured on the H200; one device call may run at most 10 minutes):
-#   build        build _C only (tests and gemm build it too)                  (~1.5 min)
+#   build        build _C (every part that runs _C builds it first; once per invocation)  (~1.5 min)
 #   tests        build _C, every GPU test                                   (~3 min)
 #   ktests       GPU tests of the Triton kernels only (quantize, attention, self-check; no build)
 #   quant        quantization benchmark (GPU time by CUDA-graph replay)     (~0.5 min)
@@ -71,6 +71,7 @@ part() {
     python3 -m pytest -q -p no:cacheprovider -m gpu -n 4 tests/test_nvfp4.py tests/test_attention.py \
       tests/test_self_check.py 2>&1 | tee "$OUT/gpu_ktests.log" | tail -15 ;;
   quant)
+    build
     python3 -m pytest -q -p no:cacheprovider bench/test_bench_quantize.py --benchmark-enable -s \
       2>&1 | tee "$OUT/quant_bench.log" | grep -E "copy|GB/s|passed|failed" ;;
   quant-sweep)
@@ -89,18 +90,23 @@ part() {
     timeout 90 python3 bench/host_profile.py > "$OUT/host_profile.txt" 2>&1
     grep -E "us/call" "$OUT/host_profile.txt" ;;
   block)
+    build
     timeout 120 python3 -m pytest -q -p no:cacheprovider bench/test_bench_block.py --benchmark-enable -s \
       2>&1 | tee "$OUT/block_bench.log" | grep -E "FLUX|passed|failed|Error" ;;
   transformer)
+    build
     timeout 420 python3 -m pytest -q -p no:cacheprovider bench/test_bench_transformer.py --benchmark-enable -s \
       2>&1 | tee "$OUT/transformer_bench.log" | grep -E "blocks|passed|failed|Error" ;;
   transformer-compile)
+    build
     SOLRL_BENCH_COMPILE=1 timeout 540 python3 -m pytest -q -p no:cacheprovider bench/test_bench_transformer.py \
       -k compiled --benchmark-enable -s 2>&1 | tee "$OUT/transformer_compile.log" | grep -E "compiled|passed|failed|Error" ;;
   profile)
+    build
     timeout 240 python3 bench/transformer_profile.py ${PROFILE_ARGS:-} 2>&1 | tee "$OUT/transformer_profile.log" \
       | grep -vE "^\s+[0-9.]+ ms  " ;;
   host)
+    build
     timeout 90 python3 bench/host_profile.py > "$OUT/host_profile.txt" 2>&1
     grep -E "us/call|Error" "$OUT/host_profile.txt" ;;
   gemm-sweep)
@@ -110,6 +116,7 @@ part() {
     build
     timeout 300 python3 bench/gemm_schedule_sweep.py ${GEMM_TUNE_ARGS:-} 2>&1 | tee "$OUT/gemm_tune.log" | tail -60 ;;
   attn)
+    build
     timeout 240 python3 -m pytest -q -p no:cacheprovider bench/test_bench_attention.py --benchmark-enable -s \
       2>&1 | tee "$OUT/attention_bench.log" | tail -30 ;;
   attn-sweep)
