@@ -17,7 +17,7 @@ Ratios are speed against bf16. Figures go to bench/results.json through record()
 test_bench_transformer_compiled (opt-in, SOLRL_BENCH_COMPILE=1: compiling takes minutes) times
 FLUX.1 at batch 4 under torch.compile, BF16 and rollout_mode(linear="nvfp4"): the profile
 (bench/transformer_profile.py, RESULTS §7b) puts 41% of an eager BF16 forward (47% of an
-NVFP4 one) in unfused element-wise ops, which Inductor fuses. Not yet run.
+NVFP4 one) in unfused element-wise ops, which Inductor fuses (RESULTS §7c, session 8).
 """
 
 from __future__ import annotations

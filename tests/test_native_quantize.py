@@ -423,7 +423,7 @@ def test_block_scale_over_gs_without_division_is_exact():
 # staged_row, stage_offset, write_staged).
 MAX_THREADS, THREADS_SHARED, BPT_SHARED, MIN_BPT, MAX_BPT = 1024, 128, 2, 2, 4
 MAX_STAGED_THREADS = 512  # kMaxStagedThreads: the staged blocked CTAs' size
-STAGE_BYTES = MAX_THREADS * MAX_BPT  # kStageBytes: the staged kernels' shared array
+STAGE_BYTES = MAX_STAGED_THREADS * MAX_BPT  # kStageBytes: the staged kernels' shared array
 
 
 def _blocks_per_thread(blocks: int) -> int:

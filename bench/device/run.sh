@@ -10,8 +10,8 @@
 #   block        a FLUX.1 single-stream block's 5 linears, NVFP4 (activation reuse on/off) vs BF16
 #   transformer  FLUX.1 / SD3.5-L / SANA forward at real widths (few blocks), batch 1 and 4:
 #                BF16 vs rollout_mode                                        (~0.7 min + batch 4)
-#   transformer-compile  FLUX.1 widths, batch 4, under torch.compile: BF16 vs rollout_mode (not yet run;
-#                compiling takes minutes)
+#   transformer-compile  FLUX.1 widths, batch 4, under torch.compile: BF16 vs rollout_mode
+#                (compiling included: ~1.5 min)
 #   profile      FLUX.1-width forward under torch.profiler: GPU time by kernel category, BF16 vs
 #                rollout_mode (bench/transformer_profile.py; PROFILE_ARGS="--batch 4 [--compile]")  (~1 min)
 #   host         where an eager nvfp4_linear call spends its host time (bench/host_profile.py)

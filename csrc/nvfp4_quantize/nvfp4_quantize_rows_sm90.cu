@@ -49,9 +49,9 @@ constexpr int kMaxThreads = 1024;
 // Staged blocked CTAs (below) wait at a barrier before their scale stores; at most 512 threads
 // keeps two of them per SM (64 registers each), so one's barrier does not idle the SM.
 constexpr int kMaxStagedThreads = 512;
-// Staged blocked scales: a CTA's rows x 4 ceil(blocks / 4) bytes, at most 1024 x 4 (blocks per
-// row <= 4 T and rows x T <= 1024; tests/test_native_quantize.py checks every K).
-constexpr int kStageBytes = kMaxThreads * kMaxBlocksPerThread;
+// Staged blocked scales: a CTA's rows x 4 ceil(blocks / 4) bytes, at most 512 x 4 (blocks per
+// row <= 4 T and rows x T <= kMaxStagedThreads; tests/test_native_quantize.py checks every K).
+constexpr int kStageBytes = kMaxStagedThreads * kMaxBlocksPerThread;
 constexpr uint32_t kBitsExactMin = 0x3C000000u;    // 2^-7   (FP8_EXACT_SCALE_MIN)
 constexpr uint32_t kBitsExactMax = 0x42800000u;    // 64.0f  (FP8_EXACT_SCALE_MAX)
 constexpr uint32_t kBitsE4m3Min = 0x3B000000u;     // 2^-9   (E4M3_MIN_SUBNORMAL)
@@ -287,12 +287,13 @@ __device__ __forceinline__ void quantize_block(const Nvfp4QuantizeParams& p, con
     reinterpret_cast<uint2*>(p.data + row * (p.K / 2))[b] =
         make_uint2(codes[0] | sign_nibbles(words[0], words[1], words[2], words[3]),
                    codes[1] | sign_nibbles(words[4], words[5], words[6], words[7]));
+    const uint8_t scale_byte = static_cast<uint8_t>(e4m3x2(scale, 0.0f) & 0xFFu);
     if constexpr (kStaged) {
-      *staged = static_cast<uint8_t>(e4m3x2(scale, 0.0f) & 0xFFu);
+      *staged = scale_byte;
     } else {
       const int blocks = p.K / 16;
       const int64_t off = p.blocked ? blocked_offset(row, b, (blocks + 3) / 4) : row * blocks + b;
-      p.scales[off] = static_cast<uint8_t>(e4m3x2(scale, 0.0f) & 0xFFu);
+      p.scales[off] = scale_byte;
     }
   }
   if constexpr (kFp8) {
