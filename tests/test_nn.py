@@ -204,19 +204,36 @@ def _sd3_head_dim_64():
 @pytest.mark.parametrize("build", [_flux_head_dim_64, _sd3_head_dim_64], ids=["flux", "sd3"])
 def test_rollout_mode_compiles_fullgraph(build):
     """torch.compile(fullgraph=True) traces a transformer in rollout_mode, NVFP4 linears and
-    fp8 attention processors included (head dim 64: the SDPA calls are quantized), and gives
-    the eager outputs. On torch < 2.14 this also covers Flux's Tensor.unflatten under the
-    processors' mode (a graph break in every attention before session 8)."""
+    fp8 attention processors included (head dim 64: the SDPA calls are quantized), gives the
+    eager outputs, and compiles once: later calls reuse the graph. On torch < 2.14 this also
+    covers Flux's Tensor.unflatten under the processors' mode (a graph break in every
+    attention before session 8); the second call, the attention statistics counted while
+    tracing (a guard that failed at every call: each call recompiled until session 9)."""
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.aot_autograd import make_boxed_func
+
     model, inputs, n_sdpa = build()
     model, inputs = to_bf16(model, inputs)
+    graphs = []
+
+    def record_graph(gm, example_inputs):
+        graphs.append(gm)
+        return make_boxed_func(gm.forward)
+
     with torch.no_grad(), rollout_mode(model, linear="nvfp4", attention="fp8", min_features=0):
         eager = model(**inputs, return_dict=False)[0]
-        before = attention_stats(model).quantized
+        counted = attention_stats(model).quantized
         torch._dynamo.reset()
-        out = torch.compile(model, fullgraph=True, backend="aot_eager")(**inputs,
-                                                                       return_dict=False)[0]
-        quantized = attention_stats(model).quantized - before
-    assert quantized == n_sdpa, quantized
+        compiled = torch.compile(model, fullgraph=True, backend=aot_autograd(fw_compiler=record_graph))
+        out = compiled(**inputs, return_dict=False)[0]
+        again = compiled(**inputs, return_dict=False)[0]
+        counted_after = attention_stats(model).quantized
+    assert counted == counted_after == n_sdpa  # eager calls only
+    assert len(graphs) == 1, f"{len(graphs)} graphs: recompiled"
+    targets = [str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function"]
+    assert sum("quant_attention" in t for t in targets) == n_sdpa, targets
+    assert not any("scaled_dot_product" in t for t in targets)
+    assert torch.equal(again, out)
     assert torch.allclose(out.float(), eager.float(), rtol=1e-2, atol=1e-2)
     assert relative_error(out, eager) < 1e-3
 

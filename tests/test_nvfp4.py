@@ -260,9 +260,16 @@ def test_triton_blocked_layout_and_fp8_container(dtype, device):
         assert torch.equal(gs.cpu(), gs_ref)
 
 
-def test_triton_blocked_without_padding_writes_every_byte(device, monkeypatch):
+@pytest.mark.parametrize("walk", [False, True], ids=["one-tile", "walk"])
+def test_triton_blocked_without_padding_writes_every_byte(walk, device, monkeypatch):
     """R % 128 == 0 and (K/16) % 4 == 0: ops.quantize_rows allocates the blocked scales
-    without a memset, so every byte must come from the kernel (new_empty poisoned here)."""
+    without a memset, so every byte must come from the kernel (new_empty poisoned here).
+    walk: the row in 32-wide chunks, as the one-pass blocked tiles walk long rows (here a
+    chunk ends inside a 4-scale group; the real tiles run in test_gpu_triton_blocked_...)."""
+    from solrl_kernels.nvfp4 import ops
+
+    if walk:
+        monkeypatch.setattr(ops, "_tiles", lambda K, blocked_one_pass=False: (1, 32, 1))
     new_empty = torch.Tensor.new_empty
 
     def poisoned(self, *args, **kwargs):
@@ -324,6 +331,21 @@ def test_gpu_row_tilings_bit_exact(K, rule, search):
     for gran in ("tensor", "row"):
         assert_same_nvfp4(nvfp4.quantize(x.cuda(), rule, search, gran, backend="triton"),
                           ref.quantize(x, rule, search, gran), x if search else None)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("R,K", [(256, 8192), (300, 5120), (129, 6144), (128, 1040)])
+def test_gpu_triton_blocked_scales_bit_exact(R, K):
+    """Blocked scales through Triton (what backend="auto" takes for them): the one-pass
+    walk (a given scale) and the per-row scale, against the reference swizzled by to_blocked."""
+    x = _rand((R, K), torch.bfloat16, kind="heavy")
+    for rule, gran in (("rn", "tensor"), ("fp8_exact", "row")):
+        a = nvfp4.quantize(x.cuda(), rule, granularity=gran, scale_layout="blocked",
+                           backend="triton")
+        b = nvfp4.quantize(x, rule, granularity=gran, scale_layout="blocked",
+                           backend="reference")
+        assert torch.equal(a.scales.view(torch.uint8).cpu(), b.scales.view(torch.uint8))
+        assert_same_nvfp4(a, b)
 
 
 def test_quantize_op_traces_under_compile():

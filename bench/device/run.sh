@@ -5,7 +5,8 @@
 #   tests        build _C, every GPU test                                   (~3 min)
 #   ktests       GPU tests of the Triton kernels only (quantize, attention, self-check; no build)
 #   quant        quantization benchmark (GPU time by CUDA-graph replay)     (~0.5 min)
-#   quant-sweep  quantization tile sweep, two shapes                        (~1 min)
+#   quant-sweep  quantization tile sweep (Triton) beside the CUDA kernel, two shapes (~1 min);
+#                QUANT_SWEEP_ARGS="--shapes ... --modes ..." (bench/quantize_sweep.py)
 #   gemm         SASS check + nvfp4_linear benchmark vs cuBLAS BF16 / FP8 (~3 min), host profile
 #   block        a FLUX.1 single-stream block's 5 linears, NVFP4 (activation reuse on/off) vs BF16
 #   transformer  FLUX.1 / SD3.5-L / SANA forward at real widths (few blocks), batch 1 and 4:
@@ -75,9 +76,10 @@ part() {
     python3 -m pytest -q -p no:cacheprovider bench/test_bench_quantize.py --benchmark-enable -s \
       2>&1 | tee "$OUT/quant_bench.log" | grep -E "copy|GB/s|passed|failed" ;;
   quant-sweep)
-    timeout 300 python3 bench/quantize_sweep.py > "$OUT/quant_sweep.log" 2>&1
-    grep -E "^copy|default" "$OUT/quant_sweep.log"
-    for m in packed-row fp8-row packed-given; do  # the best variant per shape and mode
+    build
+    timeout 300 python3 bench/quantize_sweep.py ${QUANT_SWEEP_ARGS:-} > "$OUT/quant_sweep.log" 2>&1
+    grep -E "^copy|default|CUDA" "$OUT/quant_sweep.log"
+    for m in packed-row fp8-row packed-given blocked-given; do  # the best variant per shape and mode
       for s in $(grep -oE "^[0-9]+x[0-9]+" "$OUT/quant_sweep.log" | sort -u); do
         grep "^$s $m " "$OUT/quant_sweep.log" | sort -t: -k2 -n | tail -1
       done

@@ -54,7 +54,9 @@ _NO_SDPA_PROCESSORS = ("SanaLinearAttnProcessor2_0", "PAGCFGSanaLinearAttnProces
 @dataclass
 class SDPAStats:
     """Counts of SDPA calls seen by a processor: ``quantized`` ran our kernel (or, for
-    "bf16", cuDNN-first SDPA); ``fallback`` went to SDPA unchanged (mask, dropout, ...)."""
+    "bf16", cuDNN-first SDPA); ``fallback`` went to SDPA unchanged (mask, dropout, ...).
+    Eager calls only: under torch.compile nothing is counted (a Python int bumped while
+    tracing is a guard that fails at the next call, so every call recompiled)."""
 
     quantized: int = 0
     fallback: int = 0
@@ -91,10 +93,13 @@ class _SDPAOverride(TorchFunctionMode):
             and (self.precision == "bf16" or q.shape[-1] in HEAD_DIMS)
             and q.dtype == k.dtype == v.dtype
         )
+        counting = not torch.compiler.is_compiling()
         if not plain:
-            self.stats.fallback += 1
+            if counting:
+                self.stats.fallback += 1
             return func(*args, **kwargs)
-        self.stats.quantized += 1
+        if counting:
+            self.stats.quantized += 1
         return attention(q, k, v, self.precision, scale=a.get("scale"), config=self.config)
 
 

@@ -62,7 +62,7 @@ def _as_words(x: torch.Tensor) -> torch.Tensor:
 ONE_TILE_MAX_K = 16384  # rows up to this long are quantized from registers in one load
 
 
-def _tiles(K: int) -> tuple[int, int, int]:
+def _tiles(K: int, blocked_one_pass: bool = False) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_K, num_warps), from the H200 sweeps (bench/quantize_sweep.py, GPU time).
 
     A row whose length is a power of two (or short) is one chunk, loaded once: its amax and
@@ -70,7 +70,14 @@ def _tiles(K: int) -> tuple[int, int, int]:
     1024-wide chunks; a per-row amax then reads the row twice, the second time from L2.
     Measured at K = 5120 (2026-11-30): the walk beat a power-of-two tile with idle lanes
     (0.73 vs 0.59 of copy for the E4M3 container) and also two exact chunks (4096 + 1024
-    in registers: 0.68)."""
+    in registers: 0.68).
+
+    blocked_one_pass (blocked scales, global scale given: one read whatever the tiling):
+    one 16-element block per thread, in 2048-wide chunks where K allows. Two blocks per
+    thread cost a fifth of the bandwidth with blocked scales (K = 8192, session 9: one tile
+    of 8 warps 0.66x copy, 2048-wide chunks of 4 warps 0.84x, 1024-wide of 2 warps 0.82x)."""
+    if blocked_one_pass and K > 1024:
+        return (1, 2048, 4) if K % 2048 == 0 else (1, 1024, 2)
     if K <= 1024 or (K & (K - 1) == 0 and K <= ONE_TILE_MAX_K):
         block_k = max(triton.next_power_of_2(K), 16)
         return 1, block_k, max(1, min(8, block_k // 1024))
@@ -103,7 +110,7 @@ def quantize_rows(
     gs_out = torch.empty((R if compute_gs else 0,), device=dev, dtype=torch.float32)
     if R == 0 or K == 0:
         return data, scales, gs_out.fill_(1.0), fp8
-    block_m, block_k, warps = _tiles(K)
+    block_m, block_k, warps = _tiles(K, blocked and not compute_gs)
     xw = _as_words(x)
     # 16-bit inputs store the codes as int32 words of 8 (kernels._pack_codes), fp32 as bytes
     data_w = data.view(torch.int32) if write_packed and x.dtype != torch.float32 else data
