@@ -15,9 +15,10 @@ samples (batch 1, and batch 4 as a rollout over several candidates batches them)
 Ratios are speed against bf16. Figures go to bench/results.json through record().
 
 test_bench_transformer_compiled (opt-in, SOLRL_BENCH_COMPILE=1: compiling takes minutes) times
-FLUX.1 at batch 4 under torch.compile, BF16 and rollout_mode(linear="nvfp4"): the profile
-(bench/transformer_profile.py, RESULTS §7b) puts 41% of an eager BF16 forward (47% of an
-NVFP4 one) in unfused element-wise ops, which Inductor fuses (RESULTS §7c, session 8).
+each model at batch 4 under torch.compile: BF16, rollout_mode(linear="nvfp4"), and with
+attention="fp8" too. The profile (bench/transformer_profile.py, RESULTS §7b) puts 41% of an
+eager BF16 forward (47% of an NVFP4 one) in unfused element-wise ops, which Inductor fuses
+(RESULTS §7c, §7d).
 """
 
 from __future__ import annotations
@@ -140,43 +141,56 @@ def test_bench_transformer_forward(benchmark, model_name, batch):
     assert all(n > 0 for n in swapped.values()), swapped
 
 
+COMPILED_MODES = ("nvfp4", "nvfp4+attn-fp8")  # rollout_mode under torch.compile
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(os.environ.get("SOLRL_BENCH_COMPILE") != "1",
                     reason="compiles the model (minutes); set SOLRL_BENCH_COMPILE=1")
-def test_bench_transformer_compiled(benchmark):
-    """FLUX.1 widths, batch 4 (a rollout batches its candidates; the profile of RESULTS §7b is
-    at batch 4): eager BF16, torch.compile BF16 and torch.compile of
-    rollout_mode(linear="nvfp4"), timed in one run by CUDA-graph replay."""
+@pytest.mark.parametrize("model_name", list(BUILDERS))
+def test_bench_transformer_compiled(benchmark, model_name):
+    """Batch 4 (a rollout batches its candidates; the profile of RESULTS §7b is at batch 4):
+    eager BF16, torch.compile BF16 and torch.compile of rollout_mode (COMPILED_MODES), timed
+    in one run by CUDA-graph replay. Each compiled model is called once more after timing:
+    a recompilation there fails the test (RESULTS §7d: a guard that failed at every call)."""
     from record import record
+    from torch._dynamo.utils import counters
 
     batch = 4
-    model, inputs = on_gpu(flux1_dev, batch)
+    model, inputs = on_gpu(BUILDERS[model_name], batch)
 
     def forward(m):
         return lambda: m(**inputs, return_dict=False)[0]
 
+    def time_compiled(name):
+        torch._dynamo.reset()
+        counters.clear()
+        compiled = forward(torch.compile(model))
+        out = compiled().float()
+        assert torch.isfinite(out).all(), name
+        graphs = counters["stats"]["unique_graphs"]
+        times[name], how[name] = gpu_ms(compiled, 100)
+        assert counters["stats"]["unique_graphs"] == graphs, f"{name}: recompiled while timed"
+        return float((out - ref).norm() / ref.norm())
+
     with torch.no_grad():
         ref = forward(model)().float()
-        times, how = {}, {}
+        times, how, errs = {}, {}, {}
         times["bf16"], how["bf16"] = gpu_ms(forward(model), 100)
-        torch._dynamo.reset()
-        times["bf16+compile"], how["bf16+compile"] = gpu_ms(forward(torch.compile(model)), 100)
-        with rollout_mode(model, linear="nvfp4"):
-            torch._dynamo.reset()
-            compiled = forward(torch.compile(model))
-            out = compiled().float()
-            err = float((out - ref).norm() / ref.norm())
-            times["nvfp4+compile"], how["nvfp4+compile"] = gpu_ms(compiled, 100)
+        time_compiled("bf16+compile")
+        for mode in COMPILED_MODES:
+            with rollout_mode(model, **MODES[mode]):
+                errs[f"{mode}+compile"] = time_compiled(f"{mode}+compile")
         benchmark.pedantic(forward(model), rounds=1, iterations=1)
-    print(f"\nflux1-dev, batch {batch}, compiled: bf16 eager {times['bf16']:.2f} ms, bf16 compiled "
-          f"{times['bf16+compile']:.2f} ms ({times['bf16'] / times['bf16+compile']:.2f}x), nvfp4 "
-          f"compiled {times['nvfp4+compile']:.2f} ms ({times['bf16'] / times['nvfp4+compile']:.2f}x "
-          f"eager bf16, {times['bf16+compile'] / times['nvfp4+compile']:.2f}x compiled bf16; "
-          f"rel. diff {err:.3f}); timing {how}")
-    record(f"transformer/flux1-dev-B{batch}[bf16+compile]", "forward ms", times["bf16+compile"],
-           "bf16 forward (eager)", times["bf16"], higher_is_better=False, batch=batch,
-           timing=how["bf16+compile"])
-    record(f"transformer/flux1-dev-B{batch}[nvfp4+compile]", "forward ms",
-           times["nvfp4+compile"], "bf16 forward (compiled)", times["bf16+compile"],
-           higher_is_better=False, batch=batch, rel_diff_vs_bf16=err,
-           timing=how["nvfp4+compile"])
+    base = times["bf16+compile"]
+    line = ", ".join(f"{m} {times[m]:.2f} ms ({times['bf16'] / times[m]:.2f}x eager bf16, "
+                     f"{base / times[m]:.2f}x compiled bf16; rel. diff {e:.3f})"
+                     for m, e in errs.items())
+    print(f"\n{model_name}, batch {batch}, compiled: bf16 eager {times['bf16']:.2f} ms, bf16 "
+          f"compiled {base:.2f} ms ({times['bf16'] / base:.2f}x); {line}; timing {how}")
+    tag = f"transformer/{model_name}-B{batch}"
+    record(f"{tag}[bf16+compile]", "forward ms", base, "bf16 forward (eager)", times["bf16"],
+           higher_is_better=False, batch=batch, timing=how["bf16+compile"])
+    for m, e in errs.items():
+        record(f"{tag}[{m}]", "forward ms", times[m], "bf16 forward (compiled)", base,
+               higher_is_better=False, batch=batch, rel_diff_vs_bf16=e, timing=how[m])

@@ -11,8 +11,10 @@
 #   block        a FLUX.1 single-stream block's 5 linears, NVFP4 (activation reuse on/off) vs BF16
 #   transformer  FLUX.1 / SD3.5-L / SANA forward at real widths (few blocks), batch 1 and 4:
 #                BF16 vs rollout_mode                                        (~0.7 min + batch 4)
-#   transformer-compile  FLUX.1 widths, batch 4, under torch.compile: BF16 vs rollout_mode
-#                (compiling included: ~1.5 min)
+#   transformer-compile  FLUX.1 / SD3.5-L / SANA widths, batch 4, under torch.compile: BF16 vs
+#                rollout_mode, NVFP4 linears without and with fp8 attention (compiling
+#                included; FLUX.1 alone took ~1.5 min with two compiles: pick models with
+#                TRANSFORMER_COMPILE_K="flux1" etc., a pytest -k expression)
 #   profile      FLUX.1-width forward under torch.profiler: GPU time by kernel category, BF16 vs
 #                rollout_mode (bench/transformer_profile.py; PROFILE_ARGS="--batch 4 [--compile]")  (~1 min)
 #   host         where an eager nvfp4_linear call spends its host time (bench/host_profile.py)
@@ -102,7 +104,7 @@ part() {
   transformer-compile)
     build
     SOLRL_BENCH_COMPILE=1 timeout 540 python3 -m pytest -q -p no:cacheprovider bench/test_bench_transformer.py \
-      -k compiled --benchmark-enable -s 2>&1 | tee "$OUT/transformer_compile.log" | grep -E "compiled|passed|failed|Error" ;;
+      -k "compiled and (${TRANSFORMER_COMPILE_K:-flux1 or sd35 or sana})" --benchmark-enable -s 2>&1 | tee "$OUT/transformer_compile.log" | grep -E "compiled|passed|failed|Error" ;;
   profile)
     build
     timeout 240 python3 bench/transformer_profile.py ${PROFILE_ARGS:-} 2>&1 | tee "$OUT/transformer_profile.log" \
