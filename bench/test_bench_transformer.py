@@ -151,8 +151,8 @@ COMPILED_MODES = ("nvfp4", "nvfp4+attn-fp8")  # rollout_mode under torch.compile
 def test_bench_transformer_compiled(benchmark, model_name):
     """Batch 4 (a rollout batches its candidates; the profile of RESULTS §7b is at batch 4):
     eager BF16, torch.compile BF16 and torch.compile of rollout_mode (COMPILED_MODES), timed
-    in one run by CUDA-graph replay. Each compiled model is called once more after timing:
-    a recompilation there fails the test (RESULTS §7d: a guard that failed at every call)."""
+    in one run by CUDA-graph replay. A compiled model that builds a new graph while being
+    timed fails the test (RESULTS §7d: a guard that failed at every call)."""
     from record import record
     from torch._dynamo.utils import counters
 

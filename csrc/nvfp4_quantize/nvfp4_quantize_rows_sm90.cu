@@ -25,6 +25,10 @@
 // The scales are staged in shared memory in that order and written with one 16-byte store
 // per (tile, i), padding included (zeros for columns >= K/16 and rows >= R: the grid covers
 // the last tile, whose missing rows load nothing), so the output needs no memset.
+// Measured on the H200 (session 9, bench/RESULTS.md §2): 0.69-0.71x copy bandwidth, no faster
+// than the byte stores it replaced (0.72x), so the L2 write requests were not the bottleneck;
+// backend="auto" sends blocked scales with a given scale to Triton (0.85x). Kept because it is
+// bit-exact and serves blocked scales computed per row; a candidate for removal.
 //
 // Arithmetic: fp32, correctly rounded, in the reference's order. The fp32 operations whose
 // operands may be subnormal are inline PTX without .ftz: setup.py compiles with
