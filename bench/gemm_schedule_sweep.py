@@ -2,6 +2,7 @@
 
     python bench/gemm_schedule_sweep.py                     # schedules, 9 DiT (K, N) x 3 M
     python bench/gemm_schedule_sweep.py --what promotion    # promotion intervals 4/8/12/16
+    python bench/gemm_schedule_sweep.py --what tiles        # tile configs x raster orders
     python bench/gemm_schedule_sweep.py --ms 8192           # one M
 
 For every shape, in one run: torch._scaled_mm (rowwise, bf16 out: the baseline), then
@@ -9,7 +10,9 @@ For every shape, in one run: torch._scaled_mm (rowwise, bf16 out: the baseline),
 each output compared bit for bit against the default schedule's (scheduling moves tiles
 between SMs, never the arithmetic). "promotion": the default schedule with the fp32
 promotion every 4, 8, 12, 16 wgmma k-blocks (K = 128 ... 512), each with the accumulation
-error it adds on top of the bf16 output rounding (acc_err), plus a K = 15360 shape.
+error it adds on top of the bf16 output rounding (acc_err), plus a K = 15360 shape. "tiles":
+every tile config x raster order at the default swizzle and promotion, each output compared
+bit for bit against the default tile's (same k-order of the accumulation).
 GPU time by CUDA-graph replay. Prints one line per shape and the geometric mean of each
 configuration over all shapes (ratio to cuBLAS FP8). Nothing goes to results.json: the
 configuration the op then uses is measured by the benchmarks.
@@ -34,7 +37,7 @@ from solrl_kernels.gemm.reference import relative_error  # noqa: E402
 
 SHAPES_KN = [(3072, 3072), (3072, 12288), (12288, 3072), (2432, 2432), (2432, 9728),
              (9728, 2432), (2240, 2240), (2240, 5600), (5600, 2240)]
-TILES = {0: "128x128coop", 1: "64x128pp"}
+TILES = {0: "128x128coop", 1: "64x128pp", 2: "128x192coop"}
 SWIZZLES = (1, 2, 4, 8)
 RASTERS = {0: "heur", 1: "alongM", 2: "alongN"}
 PROMOTIONS = (4, 8, 12, 16)
@@ -73,12 +76,14 @@ def sweep_shape(M: int, K: int, N: int, what: str) -> dict[str, float]:
         a, w.T, scale_a=sa[:, None], scale_b=sw[None, :], out_dtype=bf16), 20)[0])}
     if what == "schedules":
         configs = [(t, s, r, 8) for t, s, r in itertools.product(TILES, SWIZZLES, RASTERS)]
+    elif what == "tiles":
+        configs = [(t, 1, r, 8) for t, r in itertools.product(TILES, RASTERS)]
     else:
         configs = [(0, 1, 0, p) for p in PROMOTIONS]
     default_out = op(a, w, sa, sw, None, "none", bf16, 0)
     for t, s, r, p in configs:
         out = op(a, w, sa, sw, None, "none", bf16, t, s, r, p)
-        if t == 0 and p == 8 and not torch.equal(out, default_out):
+        if (t == 0 or what == "tiles") and p == 8 and not torch.equal(out, default_out):
             raise SystemExit(f"M={M} K={K} N={N} tile {t} swizzle {s} raster {r}: output differs "
                              "from the default schedule's")
         key = f"{TILES[t]}/s{s}/{RASTERS[r]}/p{p}"
@@ -92,9 +97,10 @@ def sweep_shape(M: int, K: int, N: int, what: str) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ms", type=int, nargs="+", default=[4096, 8192, 16384])
-    ap.add_argument("--what", choices=("schedules", "promotion"), default="schedules",
+    ap.add_argument("--what", choices=("schedules", "promotion", "tiles"), default="schedules",
                     help="schedules: tile x swizzle x raster; promotion: fp32 promotion intervals "
-                    f"{PROMOTIONS} at the default schedule, with their accumulation error")
+                    f"{PROMOTIONS} at the default schedule, with their accumulation error; "
+                    "tiles: tile x raster")
     args = ap.parse_args()
     from solrl_kernels import _backends
 

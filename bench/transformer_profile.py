@@ -1,7 +1,6 @@
 """Where a FLUX.1-width transformer forward spends its GPU time: BF16 vs rollout_mode.
 
     python bench/transformer_profile.py [--batch 1] [--modes bf16,nvfp4,nvfp4+attn-fp8] [--compile]
-    python bench/transformer_profile.py --batch 4 --compile --modes nvfp4,nvfp4+inductor-quant
 
 Builds the model of bench/test_bench_transformer.py (FLUX.1-dev widths, 2 double + 4 single
 blocks, 1024 px), runs a few eager forwards under torch.profiler and groups the CUDA kernels
@@ -10,53 +9,22 @@ copies), in ms per forward. Answers "what is left to speed up" with a measuremen
 a FLOP count. Kernel time only; the host (eager launches) is not counted. --compile profiles
 torch.compile(model) instead (Inductor's fused kernels get their own category), to see what
 is left once the element-wise ops are fused.
-
-Experiment (--compile only): mode "nvfp4+inductor-quant" is "nvfp4" with the activations'
-quantization written as plain torch ops (the reference of solrl_kernels.nvfp4) instead of
-our kernel, so that Inductor can fuse it into the kernel producing the activations (norm and
-modulation, concatenation) and save the bf16 round trip. The script first says whether
-Inductor's compiled reference gives our CUDA kernel's bits on random activations.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import sys
 from collections import defaultdict
-from unittest import mock
 
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_bench_transformer import MODES, flux1_dev, on_gpu  # noqa: E402
 
-from solrl_kernels import nvfp4  # noqa: E402
-from solrl_kernels.gemm import activation_cache  # noqa: E402
 from solrl_kernels.nn import rollout_mode  # noqa: E402
-
-INDUCTOR_QUANT = "nvfp4+inductor-quant"
-
-
-def _reference_quantize_to_fp8(x, granularity="row"):
-    return nvfp4.quantize_to_fp8(x, granularity=granularity, backend="reference")
-
-
-def inductor_quantization():
-    """Activation quantization as plain torch ops (traced and fused by Inductor)."""
-    return mock.patch.object(activation_cache, "quantize_to_fp8", _reference_quantize_to_fp8)
-
-
-def compiled_reference_matches_kernel(M: int = 4096, K: int = 3072) -> str:
-    x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
-    x[:, :16] *= 50  # an outlier channel
-    values, scales = nvfp4.quantize_to_fp8(x, granularity="row")
-    values_ind, scales_ind = torch.compile(_reference_quantize_to_fp8)(x)
-    same_values = torch.equal(values.view(torch.uint8), values_ind.view(torch.uint8))
-    same_scales = torch.equal(scales, scales_ind)
-    return f"values {'==' if same_values else '!='}, row scales {'==' if same_scales else '!='}"
 
 # first match wins; matched against the kernel name
 CATEGORIES = [
@@ -122,16 +90,10 @@ def main() -> None:
         return profile(m, inputs, args.iters)
 
     for mode in args.modes.split(","):
-        if mode == INDUCTOR_QUANT:
-            if not args.compile:
-                raise SystemExit(f"mode {INDUCTOR_QUANT} needs --compile")
-            print(f"\nInductor-compiled reference vs our quantizer (4096x3072 bf16): "
-                  f"{compiled_reference_matches_kernel()}")
-        patch = inductor_quantization() if mode == INDUCTOR_QUANT else contextlib.nullcontext()
         if mode == "bf16":
             per_cat, kernels = run(model)
         else:
-            with patch, rollout_mode(model, **MODES["nvfp4" if mode == INDUCTOR_QUANT else mode]):
+            with rollout_mode(model, **MODES[mode]):
                 per_cat, kernels = run(model)
         total = sum(per_cat.values())
         print(f"\n[{mode}] total {total:.2f} ms")

@@ -61,11 +61,14 @@ struct Fp8GemmSm90Params {
 enum class Fp8TileSm90 : int {
   k128x128_c1x2_coop = 0,   // large M, N: 128x128x128 CTA tile, 2 consumer warpgroups, 1x2 cluster
   k64x128_c1x1_pingpong = 1,  // small M / few tiles: 64x128x128 CTA tile, ping-pong warpgroups
+  k128x192_c1x2_coop = 2,   // 128x192x128 CTA tile, 2 consumer warpgroups, 1x2 cluster
 };
 
 // One function per (tile, out dtype) translation unit; each handles the three activations.
 void fp8_gemm_sm90_128x128_c1x2_coop_bf16(const Fp8GemmSm90Params& p, const WorkspaceAllocator& ws);
 void fp8_gemm_sm90_128x128_c1x2_coop_fp16(const Fp8GemmSm90Params& p, const WorkspaceAllocator& ws);
+void fp8_gemm_sm90_128x192_c1x2_coop_bf16(const Fp8GemmSm90Params& p, const WorkspaceAllocator& ws);
+void fp8_gemm_sm90_128x192_c1x2_coop_fp16(const Fp8GemmSm90Params& p, const WorkspaceAllocator& ws);
 void fp8_gemm_sm90_64x128_c1x1_pingpong_bf16(const Fp8GemmSm90Params& p, const WorkspaceAllocator& ws);
 void fp8_gemm_sm90_64x128_c1x1_pingpong_fp16(const Fp8GemmSm90Params& p, const WorkspaceAllocator& ws);
 
@@ -113,10 +116,5 @@ struct Nvfp4QuantizeParams {
 };
 
 void nvfp4_quantize_rows_sm90(const Nvfp4QuantizeParams& p);
-
-// Whether nvfp4_quantize_rows_sm90 writes every byte of the blocked scales of (R, K) rows,
-// padding included (ops.cpp then allocates them without a memset): always where it stages
-// them (rows of K/16 > 64 blocks and up to 128 threads), else when there is no padding.
-bool nvfp4_quantize_rows_fills_blocked_scales(int64_t R, int K);
 
 }  // namespace solrl

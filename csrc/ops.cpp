@@ -35,7 +35,7 @@ namespace solrl {
 
 namespace {
 
-constexpr int kNumFp8TilesSm90 = 2;
+constexpr int kNumFp8TilesSm90 = 3;
 
 // ------------------------------------------------------------------------------ shared checks
 // Numbers in messages go through std::to_string, never through an ostream: an extension linked
@@ -163,6 +163,28 @@ struct TorchWorkspace {
 };
 
 // ---------------------------------------------------------------------------- fp8_gemm_sm90
+struct Fp8ScheduleSm90 {
+  Fp8TileSm90 tile;
+  int raster;  // 0: CUTLASS's heuristic, 1: along M, 2: along N
+};
+
+// The op's default schedule, fitted to the H200 sweep of session 10 (bench/RESULTS.md §1a'):
+// - few output tiles (or M <= 64): 64x128 ping-pong (twice the CTAs of a 128-row tile);
+// - else 128x192 cooperative (4% faster per tile than 128x128 where both fill their waves)
+//   unless its padding and partial last wave cost more than that: counting whole waves of
+//   sm_count CTAs, 128x192 may take at most 1/0.93 of 128x128's tile work;
+// - 128x192 rasters along M when it has at least as many N tiles as M tiles, else along N
+//   (at M 8192, N 12288, 64 tiles each way: along M 0.98x cuBLAS FP8, along N 0.90x).
+Fp8ScheduleSm90 default_fp8_schedule_sm90(int64_t M, int64_t N, int64_t sm_count) {
+  auto tiles = [&](int64_t bm, int64_t bn) { return ((M + bm - 1) / bm) * ((N + bn - 1) / bn); };
+  if (M <= 64 || tiles(128, 128) < sm_count) return {Fp8TileSm90::k64x128_c1x1_pingpong, 0};
+  // time of a whole number of waves, in units of 128-row x 1-column tile work
+  auto wave_cost = [&](int64_t bn) { return (tiles(128, bn) + sm_count - 1) / sm_count * bn; };
+  if (100 * wave_cost(128) < 93 * wave_cost(192)) return {Fp8TileSm90::k128x128_c1x2_coop, 0};
+  const bool n_tiles_dominate = (N + 191) / 192 >= (M + 127) / 128;
+  return {Fp8TileSm90::k128x192_c1x2_coop, n_tiles_dominate ? 1 : 2};
+}
+
 at::Tensor fp8_gemm_sm90_impl(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale_a,
                               const at::Tensor& scale_b, const std::optional<at::Tensor>& bias,
                               c10::string_view activation, at::ScalarType out_dtype,
@@ -236,15 +258,13 @@ at::Tensor fp8_gemm_sm90_impl(const at::Tensor& a, const at::Tensor& b, const at
   p.raster = static_cast<int>(raster);
   p.promotion_interval = static_cast<int>(promotion_interval);
 
-  // Heuristic: the 128x128 cooperative tile when it fills the GPU, else 64x128 ping-pong
-  // (twice the CTAs: small M, or few output tiles).
   Fp8TileSm90 cfg;
   if (tile >= 0) {
     cfg = static_cast<Fp8TileSm90>(tile);
   } else {
-    const int64_t tiles128 = ((M + 127) / 128) * ((N + 127) / 128);
-    cfg = (M <= 64 || tiles128 < p.sm_count) ? Fp8TileSm90::k64x128_c1x1_pingpong
-                                             : Fp8TileSm90::k128x128_c1x2_coop;
+    const Fp8ScheduleSm90 sched = default_fp8_schedule_sm90(M, N, p.sm_count);
+    cfg = sched.tile;
+    if (raster == 0) p.raster = sched.raster;
   }
   TorchWorkspace ws_ctx{a.options().dtype(at::kByte), {}};
   WorkspaceAllocator ws{&TorchWorkspace::alloc, &ws_ctx};
@@ -256,6 +276,9 @@ at::Tensor fp8_gemm_sm90_impl(const at::Tensor& a, const at::Tensor& b, const at
     case Fp8TileSm90::k64x128_c1x1_pingpong:
       bf16 ? fp8_gemm_sm90_64x128_c1x1_pingpong_bf16(p, ws)
            : fp8_gemm_sm90_64x128_c1x1_pingpong_fp16(p, ws);
+      break;
+    case Fp8TileSm90::k128x192_c1x2_coop:
+      bf16 ? fp8_gemm_sm90_128x192_c1x2_coop_bf16(p, ws) : fp8_gemm_sm90_128x192_c1x2_coop_fp16(p, ws);
       break;
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -385,13 +408,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nvfp4_quantize_rows(
 
   auto u8 = x.options().dtype(at::kByte);
   at::Tensor data = at::empty(write_packed ? std::vector<int64_t>{R, K / 2} : std::vector<int64_t>{0}, u8);
-#ifdef SOLRL_ENABLE_SM90
-  // blocked scales: no memset where the kernel writes every byte (it stages the scales and
-  // writes the padding too, or there is no padding)
-  const bool blocked_filled = nvfp4_quantize_rows_fills_blocked_scales(R, static_cast<int>(K));
-#else
-  const bool blocked_filled = false;  // (no kernel: the op fails below)
-#endif
+  // blocked scales: no memset where the kernel writes every byte (no padding rows or columns)
+  const bool blocked_filled = R % 128 == 0 && (K / 16) % 4 == 0;
   at::Tensor scales = !write_packed    ? at::empty({0}, u8)
                       : !blocked         ? at::empty({R, K / 16}, u8)
                       : blocked_filled   ? at::empty({blocked_scales_numel(R, K)}, u8)

@@ -216,7 +216,8 @@ SHAPES = [  # (M, N, K): tiny, ragged M/N with a K tail shorter than one 128 k-t
 @pytest.mark.gpu
 @needs_hopper
 @pytest.mark.parametrize("M, N, K", SHAPES)
-@pytest.mark.parametrize("tile", [-1, 0, 1], ids=["heuristic", "128x128coop", "64x128pingpong"])
+@pytest.mark.parametrize("tile", [-1, 0, 1, 2],
+                         ids=["heuristic", "128x128coop", "64x128pingpong", "128x192coop"])
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_fp8_gemm_sm90_shapes(M, N, K, tile, out_dtype):
     torch.manual_seed(M * 7 + N * 3 + K + tile)
@@ -228,7 +229,7 @@ def test_fp8_gemm_sm90_shapes(M, N, K, tile, out_dtype):
 
 @pytest.mark.gpu
 @needs_hopper
-@pytest.mark.parametrize("tile", [0, 1], ids=["128x128coop", "64x128pingpong"])
+@pytest.mark.parametrize("tile", [0, 1, 2], ids=["128x128coop", "64x128pingpong", "128x192coop"])
 def test_fp8_gemm_sm90_schedules_bit_identical(tile):
     """Swizzle and raster order move output tiles between SMs, never the arithmetic: every
     schedule gives the default's bits (ragged M and N: partial tiles at both edges)."""

@@ -286,10 +286,10 @@ def _poison_cuda_cache(*numels: int) -> None:
     del blocks
 
 
-# Blocked scales, compared byte for byte with the padding: staged CTAs of 8 rows (K = 1040: 65
-# blocks, 3 columns of padding, one warp per row; 3072) and of 4 rows (5120, 8192: 96 and 128
-# threads per row), a CTA per row (12288: 192 threads; 32768: 1024); ragged R (padding rows in
-# the last tile) and R = 256 (no padding: the unstaged path's scales are not cleared either)
+# Blocked scales, compared byte for byte with the padding: rows sharing warps (K = 1040: 65
+# blocks, 3 columns of padding) and a CTA per row (3072 ... 32768: 64 to 1024 threads); ragged
+# R (padding rows in the last tile: the op clears the scales first) and R = 256 (no padding:
+# the scales are not cleared, the kernel writes every byte)
 @pytest.mark.gpu
 @needs_native
 @needs_cuda_quantizer
@@ -417,13 +417,10 @@ def test_block_scale_over_gs_without_division_is_exact():
 
 # ------------------------------------ the launcher's plan and the kernel's indexing, mirrored
 # csrc/nvfp4_quantize/nvfp4_quantize_rows_sm90.cu line for line, in its integer arithmetic (on
-# non-negative ints C++'s / is //): blocks_per_thread, make_plan and
-# nvfp4_quantize_rows_fills_blocked_scales; the kernel's prologue (row and lane of a thread),
-# its block loop, row_max's shared-memory slots, and the staged blocked path (staged_rows,
-# staged_row, stage_offset, write_staged).
+# non-negative ints C++'s / is //): blocks_per_thread and make_plan; the kernel's prologue
+# (row and lane of a thread), its block loop and row_max's shared-memory slots; and the
+# condition under which ops.cpp leaves blocked scales uncleared.
 MAX_THREADS, THREADS_SHARED, BPT_SHARED, MIN_BPT, MAX_BPT = 1024, 128, 2, 2, 4
-MAX_STAGED_THREADS = 512  # kMaxStagedThreads: the staged blocked CTAs' size
-STAGE_BYTES = MAX_STAGED_THREADS * MAX_BPT  # kStageBytes: the staged kernels' shared array
 
 
 def _blocks_per_thread(blocks: int) -> int:
@@ -438,8 +435,8 @@ def _blocks_per_thread(blocks: int) -> int:
     return best
 
 
-def _make_plan(R: int, K: int, blocked: bool) -> dict:
-    """-> bpt, threads_per_row (tpr), log2_tpr, staged, cta (x, y), grid."""
+def _make_plan(R: int, K: int) -> dict:
+    """-> bpt, threads_per_row (tpr), log2_tpr, cta (threads), grid."""
     blocks = K // 16
     need = (blocks + BPT_SHARED - 1) // BPT_SHARED
     if need <= 32:  # rows share warps
@@ -447,158 +444,71 @@ def _make_plan(R: int, K: int, blocked: bool) -> dict:
         while (1 << log2) < need:
             log2 += 1
         rows_per_cta = THREADS_SHARED // (1 << log2)
-        return dict(bpt=BPT_SHARED, tpr=1 << log2, log2_tpr=log2, staged=False,
-                    cta=(THREADS_SHARED, 1), grid=(R + rows_per_cta - 1) // rows_per_cta)
+        return dict(bpt=BPT_SHARED, tpr=1 << log2, log2_tpr=log2, cta=THREADS_SHARED,
+                    grid=(R + rows_per_cta - 1) // rows_per_cta)
     bpt = _blocks_per_thread(blocks)
     tpr = ((blocks + bpt - 1) // bpt + 31) // 32 * 32
-    rows = (1 if not blocked else 8 if 8 * tpr <= MAX_STAGED_THREADS
-            else 4 if 4 * tpr <= MAX_STAGED_THREADS else 1)
-    staged = rows > 1
-    return dict(bpt=bpt, tpr=tpr, log2_tpr=5, staged=staged, cta=(tpr, rows),
-                grid=(R + 127) // 128 * (128 // rows) if staged else R)
+    return dict(bpt=bpt, tpr=tpr, log2_tpr=5, cta=tpr, grid=R)
 
 
-def _fills_blocked_scales(R: int, K: int) -> bool:
-    blocks = K // 16
-    return _make_plan(R, K, True)["staged"] or (R % 128 == 0 and blocks % 4 == 0)
-
-
-def _blocked_offset(row, col, n_col_blocks):
-    tile = (row // 128) * n_col_blocks + col // 4
-    return tile * 512 + (row % 32) * 16 + ((row % 128) // 32) * 4 + col % 4
+def _blocked_filled(R: int, K: int) -> bool:
+    """ops.cpp: blocked scales are allocated without a memset (no padding rows or columns)."""
+    return R % 128 == 0 and (K // 16) % 4 == 0
 
 
 def _kernel_rows(pl: dict, R: int):
-    """The prologue: (cta, threadIdx.y, threadIdx.x) -> row, lane_in_row, as arrays over the
-    grid; rows that own a CTA (tpr >= 32) depend on (cta, y) only, so x is left out there."""
-    cx, cy = pl["cta"]
+    """The prologue: (cta, threadIdx.x) -> row, lane_in_row, as arrays over the grid; rows
+    that own a CTA (tpr > 32) depend on the CTA only, so x is left out there."""
     tpr = pl["tpr"]
-    if pl["staged"]:  # staged_rows, staged_row
-        c, y = (a.ravel() for a in np.meshgrid(np.arange(pl["grid"]), np.arange(cy), indexing="ij"))
-        lp = cy // 8
-        tile, q = c >> (5 - lp), c & ((32 >> lp) - 1)
-        g, i = y >> lp, y & ((1 << lp) - 1)
-        return tile * 128 + 32 * g + (q << lp) + i, None
     if tpr > 32:
         return np.arange(pl["grid"]), None
-    c, x = (a.ravel() for a in np.meshgrid(np.arange(pl["grid"]), np.arange(cx), indexing="ij"))
-    return (c * cx + x) >> pl["log2_tpr"], x & (tpr - 1)
-
-
-def _stage_offset(lp: int, y, b):
-    g, i = y >> lp, y & ((1 << lp) - 1)
-    return ((b >> 2) << (4 + lp)) + 16 * i + 4 * g + (b & 3)
-
-
-def _write_staged(lp: int, tile, q, t, n_col_blocks):
-    """Global byte offset of the 16-byte store of stage chunk t (t < n_col_blocks << lp)."""
-    tile_idx = tile * n_col_blocks + (t >> lp)
-    i = t & ((1 << lp) - 1)
-    return tile_idx * 512 + ((q << lp) + i) * 16
+    c, x = (a.ravel() for a in np.meshgrid(np.arange(pl["grid"]), np.arange(pl["cta"]), indexing="ij"))
+    return (c * pl["cta"] + x) >> pl["log2_tpr"], x & (tpr - 1)
 
 
 RS = [1, 7, 127, 128, 129, 300, 1000]
 
 
 def _check_rows(pl: dict, R: int) -> None:
-    """Every row < R has exactly one thread per lane; the staged grid covers the last tile."""
+    """Every row < R has exactly one thread per lane."""
     rows, lanes = _kernel_rows(pl, R)
     ok = rows < R
-    if lanes is None:  # a row per (cta, y): lanes 0..tpr-1 are threadIdx.x
+    if lanes is None:  # a row per CTA: lanes 0..tpr-1 are threadIdx.x
         assert np.array_equal(np.bincount(rows[ok], minlength=R), np.ones(R, np.int64))
     else:
         assert np.array_equal(np.bincount(rows[ok] * pl["tpr"] + lanes[ok], minlength=R * pl["tpr"]),
                               np.ones(R * pl["tpr"], np.int64))
-    if pl["staged"]:
-        assert np.array_equal(np.sort(rows), np.arange((R + 127) // 128 * 128))
-
-
-def _check_staged_cta_slices(K: int, pl: dict) -> None:
-    """In the CTAs of one 128-row tile (tile 1, so that its offset counts): the stage holds
-    every (row y, column < 4 ceil(blocks / 4)) once, and write_staged puts each staged byte at
-    blocked_offset(row, column)."""
-    blocks, tpr, bpt = K // 16, pl["tpr"], pl["bpt"]
-    cx, cy = pl["cta"]
-    lp = cy // 8
-    ncb = (blocks + 3) // 4
-    assert ncb * 16 << lp <= STAGE_BYTES and ncb << lp <= cx * cy
-    b = (np.arange(tpr)[:, None] + np.arange(bpt)[None, :] * tpr).ravel()  # lane + i * tpr
-    b = b[b < (blocks + 3) // 4 * 4]  # staged: quantized (b < blocks) or zero padding
-    assert np.array_equal(np.sort(b), np.arange(ncb * 4))
-    y = np.arange(cy)
-    s = _stage_offset(lp, y[:, None], b[None, :])  # (y, b)
-    assert np.array_equal(np.sort(s.ravel()), np.arange(ncb * 16 << lp))
-    per_tile = 32 >> lp
-    c = np.arange(per_tile, 2 * per_tile)[:, None, None]
-    tile, q = c >> (5 - lp), c & (per_tile - 1)
-    g, i = y >> lp, y & ((1 << lp) - 1)
-    row = tile * 128 + 32 * g[None, :, None] + (q << lp) + i[None, :, None]
-    got = _write_staged(lp, tile, q, s[None] // 16, ncb) + s[None] % 16
-    assert np.array_equal(got, _blocked_offset(row, b[None, None, :], ncb))
-
-
-def _check_staged_buffer(K: int, pl: dict, R: int) -> None:
-    """write_staged's 16-byte stores over the grid cover the blocked scales once."""
-    ncb = (K // 16 + 3) // 4
-    lp = pl["cta"][1] // 8
-    c = np.arange(pl["grid"])[:, None]
-    t = np.arange(ncb << lp)[None, :]  # the threads that store
-    off = _write_staged(lp, c >> (5 - lp), c & ((32 >> lp) - 1), t, ncb)
-    assert np.all(off % 16 == 0)
-    n = blocked_numel(R, K // 16)
-    assert np.array_equal(np.bincount(off.ravel() // 16, minlength=n // 16), np.ones(n // 16, np.int64))
 
 
 def _check_row_max_slots(pl: dict) -> None:
-    """row_max<kRowsAlongY>: warp w of row y writes red[y * warps + w]; the row reads
-    red[y * warps + lane], lane < warps: exactly the warps holding its threads, <= 32 slots."""
-    cx, cy = pl["cta"]
+    """row_max: warp w of the CTA's row writes red[w]; the row reads red[lane], lane < warps:
+    exactly its warps, <= 32 slots."""
     if pl["tpr"] <= 32:
         return  # shuffles within a warp
-    assert cx % 32 == 0 and cx * cy // 32 <= 32
-    warps = cx // 32
-    for y in range(cy):
-        hw = {(y * cx + x) // 32 for x in range(cx)}  # the hardware's warps of the row
-        assert hw == {y * warps + w for w in range(warps)}
+    assert pl["cta"] % 32 == 0 and pl["cta"] // 32 <= 32
 
 
 def test_launcher_and_kernel_indexing_every_k():
     """For every K (multiple of 16 up to 32768) and several R: each row's blocks are quantized
-    by exactly one thread (rows x blocks: each (row < R, block) once), threads per CTA and
-    shared memory fit, row_max reduces each row's own warps, and on the staged blocked path
-    every byte of the blocked scales (padding included) is written once, with the scale of the
-    (row, column) blocked_offset puts there; where the kernel does not stage, the launcher
-    reports padding (so ops.cpp clears it) exactly when some byte would stay unwritten."""
-    staged_ks, rows_checked = [], set()
+    by exactly one thread (rows x blocks: each (row < R, block) once), threads per CTA fit,
+    row_max reduces each row's own warps, and blocked scales are left uncleared only where
+    the kernel's byte stores cover every byte of them."""
+    rows_checked = set()
     for K in range(16, 32768 + 1, 16):
         blocks = K // 16
-        for blocked in (False, True):
-            pl = _make_plan(1, K, blocked)
-            tpr, bpt = pl["tpr"], pl["bpt"]
-            cx, cy = pl["cta"]
-            assert cx * cy <= MAX_THREADS
-            assert (tpr & (tpr - 1) == 0 and tpr <= 32) if pl["log2_tpr"] < 5 else tpr % 32 == 0
-            # every block of a row once: b = lane + i * tpr, b < blocks
-            b = (np.arange(tpr)[:, None] + np.arange(bpt)[None, :] * tpr).ravel()
-            assert np.array_equal(np.bincount(b[b < blocks], minlength=blocks), np.ones(blocks, np.int64))
-            assert pl["staged"] == (blocked and blocks > 64 and tpr <= 128)
-            assert not pl["staged"] or cy == (8 if tpr <= 64 else 4)
-            _check_row_max_slots(pl)
-            if pl["staged"]:
-                staged_ks.append(K)
-                _check_staged_cta_slices(K, pl)
-            for R in RS:
-                plr = _make_plan(R, K, blocked)
-                key = (plr["staged"], tpr, plr["log2_tpr"], plr["cta"], plr["grid"], R)
-                if key not in rows_checked:  # rows depend on the plan's shape, not on K
-                    rows_checked.add(key)
-                    _check_rows(plr, R)
-                if not blocked:
-                    continue
-                if plr["staged"]:
-                    assert _fills_blocked_scales(R, K)
-                    _check_staged_buffer(K, plr, R)
-                else:  # R x blocks bytes, once each (blocked_offset is one-to-one: test_nvfp4)
-                    assert _fills_blocked_scales(R, K) == (R * blocks == blocked_numel(R, blocks))
-    # the staged path: 65 .. 512 blocks (2 to 4 blocks per thread, up to 128 threads per row)
-    assert staged_ks[0] == 65 * 16 and staged_ks[-1] == 512 * 16 and len(staged_ks) == 448
+        pl = _make_plan(1, K)
+        tpr, bpt = pl["tpr"], pl["bpt"]
+        assert pl["cta"] <= MAX_THREADS
+        assert (tpr & (tpr - 1) == 0 and tpr <= 32) if pl["log2_tpr"] < 5 else tpr % 32 == 0
+        # every block of a row once: b = lane + i * tpr, b < blocks
+        b = (np.arange(tpr)[:, None] + np.arange(bpt)[None, :] * tpr).ravel()
+        assert np.array_equal(np.bincount(b[b < blocks], minlength=blocks), np.ones(blocks, np.int64))
+        _check_row_max_slots(pl)
+        for R in RS:
+            plr = _make_plan(R, K)
+            key = (tpr, plr["log2_tpr"], plr["cta"], plr["grid"], R)
+            if key not in rows_checked:  # rows depend on the plan's shape, not on K
+                rows_checked.add(key)
+                _check_rows(plr, R)
+            # R x blocks bytes, once each (blocked_offset is one-to-one: test_nvfp4)
+            assert _blocked_filled(R, K) == (R * blocks == blocked_numel(R, blocks))

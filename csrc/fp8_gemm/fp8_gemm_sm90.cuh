@@ -103,6 +103,13 @@ struct Tile128x128C1x2Coop {
   using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecializedCooperative;
 };
 
+struct Tile128x192C1x2Coop {  // each consumer warpgroup: 64x192, 2 x 96 fp32 registers with promotion
+  using TileShape = Shape<_128, _192, _128>;
+  using ClusterShape = Shape<_1, _2, _1>;
+  using KernelSchedule = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
+  using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecializedCooperative;
+};
+
 struct Tile64x128C1x1Pingpong {
   using TileShape = Shape<_64, _128, _128>;
   using ClusterShape = Shape<_1, _1, _1>;

@@ -14,21 +14,11 @@
 // thread, T a power of two <= 32); longer rows own a CTA of T = 32 * ceil(blocks / (32 b))
 // threads, b = 2..4 blocks per thread chosen per K (blocks_per_thread).
 //
-// Blocked scales (the 128x4 swizzle, blocked_offset) of rows that own a CTA: a row's scales
-// are 4 contiguous bytes per 512-byte tile, so its 1-byte stores would touch a 32-byte
-// sector per 4 bytes (~17% more L2 write requests per block than row-major scales). Instead
-// a CTA takes 4P rows (P = 2, or 1 when 8 rows of T threads exceed 512 threads; rows of
-// more than 128 threads keep the CTA per row), one per threadIdx.y, chosen so that their
-// scales fill whole chunks of the layout: with 32 / P CTAs per 128-row tile, CTA c =
-// (tile t, q) takes rows 128 t + 32 g + P q + i (g = 0..3, i < P), whose scales in each tile
-// are its bytes [16 P q, 16 P q + 16 P): one full sector when P = 2, half of one when P = 1.
-// The scales are staged in shared memory in that order and written with one 16-byte store
-// per (tile, i), padding included (zeros for columns >= K/16 and rows >= R: the grid covers
-// the last tile, whose missing rows load nothing), so the output needs no memset.
-// Measured on the H200 (session 9, bench/RESULTS.md §2): 0.69-0.71x copy bandwidth, no faster
-// than the byte stores it replaced (0.72x), so the L2 write requests were not the bottleneck;
-// backend="auto" sends blocked scales with a given scale to Triton (0.85x). Kept because it is
-// bit-exact and serves blocked scales computed per row; a candidate for removal.
+// Blocked scales (the 128x4 swizzle, blocked_offset) are stored byte by byte like row-major
+// ones (0.72x copy bandwidth on the H200, session 8). A variant that staged a CTA's scales in
+// shared memory and wrote whole 16-byte chunks measured 0.69-0.71x (session 9) and was
+// removed in session 10; backend="auto" sends blocked scales with a given scale to Triton
+// (0.85x, bench/RESULTS.md §2).
 //
 // Arithmetic: fp32, correctly rounded, in the reference's order. The fp32 operations whose
 // operands may be subnormal are inline PTX without .ftz: setup.py compiles with
@@ -50,12 +40,6 @@ constexpr int kBlocksPerThreadShared = 2;  // when rows share warps (K <= 1024)
 constexpr int kMinBlocksPerThread = 2, kMaxBlocksPerThread = 4;  // 5 spills (64 registers)
 constexpr int kThreadsShared = 128;  // CTA size when rows share warps
 constexpr int kMaxThreads = 1024;
-// Staged blocked CTAs (below) wait at a barrier before their scale stores; at most 512 threads
-// keeps two of them per SM (64 registers each), so one's barrier does not idle the SM.
-constexpr int kMaxStagedThreads = 512;
-// Staged blocked scales: a CTA's rows x 4 ceil(blocks / 4) bytes, at most 512 x 4 (blocks per
-// row <= 4 T and rows x T <= kMaxStagedThreads; tests/test_native_quantize.py checks every K).
-constexpr int kStageBytes = kMaxStagedThreads * kMaxBlocksPerThread;
 constexpr uint32_t kBitsExactMin = 0x3C000000u;    // 2^-7   (FP8_EXACT_SCALE_MIN)
 constexpr uint32_t kBitsExactMax = 0x42800000u;    // 64.0f  (FP8_EXACT_SCALE_MAX)
 constexpr uint32_t kBitsE4m3Min = 0x3B000000u;     // 2^-9   (E4M3_MIN_SUBNORMAL)
@@ -118,10 +102,7 @@ __device__ __forceinline__ float to_f32(uint32_t h) {
 }
 
 // max over the threads of a row: a segment of tpr (power of two <= 32) lanes, or the
-// blockDim.x threads of the CTA's row threadIdx.y (kRowsAlongY: several rows per CTA; else
-// threadIdx.y == 0 and the indexing costs nothing). tpr is then a multiple of 32, so a row's
-// warps are contiguous: red[y * warps_per_row + w].
-template <bool kRowsAlongY = false>
+// blockDim.x threads of the CTA (tpr a multiple of 32).
 __device__ __forceinline__ uint32_t row_max(uint32_t m, int tpr, uint32_t* red) {
   if (tpr <= 32) {
     for (int off = tpr / 2; off > 0; off >>= 1) m = max(m, __shfl_xor_sync(0xFFFFFFFFu, m, off));
@@ -129,7 +110,6 @@ __device__ __forceinline__ uint32_t row_max(uint32_t m, int tpr, uint32_t* red) 
   }
   for (int off = 16; off > 0; off >>= 1) m = max(m, __shfl_xor_sync(0xFFFFFFFFu, m, off));
   const int lane = threadIdx.x % 32;
-  if constexpr (kRowsAlongY) red += threadIdx.y * (blockDim.x / 32);
   if (lane == 0) red[threadIdx.x / 32] = m;
   __syncthreads();
   m = lane < static_cast<int>(blockDim.x / 32) ? red[lane] : 0u;  // the row's warps reduce them
@@ -260,11 +240,11 @@ __device__ __forceinline__ float block_inverse(float scale, const RowScale& rs) 
 
 // Block b of `row` (amax: its fp32 bits) -> its scale byte and its codes and/or E4M3 values.
 // kPacked: write data + scales; kFp8: write the E4M3 container (compile-time: the unused
-// output's arithmetic disappears). kStaged: the scale byte goes to *staged (shared memory).
-template <bool kHalf, bool kPacked, bool kFp8, bool kStaged = false>
+// output's arithmetic disappears).
+template <bool kHalf, bool kPacked, bool kFp8>
 __device__ __forceinline__ void quantize_block(const Nvfp4QuantizeParams& p, const Block& blk,
                                                uint32_t amax, const RowScale& rs, int64_t row,
-                                               int b, uint8_t* staged = nullptr) {
+                                               int b) {
   const uint32_t ideal = as_bits(block_ideal_scale(amax, rs));
   const float scale = as_float(p.fp8_exact ? fp8_exact_scale(ideal) : rn_scale(ideal));
   const float inv = block_inverse(scale, rs);
@@ -291,14 +271,9 @@ __device__ __forceinline__ void quantize_block(const Nvfp4QuantizeParams& p, con
     reinterpret_cast<uint2*>(p.data + row * (p.K / 2))[b] =
         make_uint2(codes[0] | sign_nibbles(words[0], words[1], words[2], words[3]),
                    codes[1] | sign_nibbles(words[4], words[5], words[6], words[7]));
-    const uint8_t scale_byte = static_cast<uint8_t>(e4m3x2(scale, 0.0f) & 0xFFu);
-    if constexpr (kStaged) {
-      *staged = scale_byte;
-    } else {
-      const int blocks = p.K / 16;
-      const int64_t off = p.blocked ? blocked_offset(row, b, (blocks + 3) / 4) : row * blocks + b;
-      p.scales[off] = scale_byte;
-    }
+    const int blocks = p.K / 16;
+    const int64_t off = p.blocked ? blocked_offset(row, b, (blocks + 3) / 4) : row * blocks + b;
+    p.scales[off] = static_cast<uint8_t>(e4m3x2(scale, 0.0f) & 0xFFu);
   }
   if constexpr (kFp8) {
     reinterpret_cast<uint4*>(p.fp8 + row * p.K)[b] =
@@ -307,63 +282,14 @@ __device__ __forceinline__ void quantize_block(const Nvfp4QuantizeParams& p, con
   }
 }
 
-// The staged blocked path (kStaged): a CTA of 4P rows (blockDim.y = 4P, P = 2^lp), the
-// 32 / P CTAs of a 128-row tile side by side: CTA (tile, q) has row y = g P + i (g < 4,
-// i < P) at row 32 g + P q + i of the tile (see the header). The scales wait in shared
-// memory as the CTA's slice of each 512-byte tile, tile after tile: byte
-// ((cg P + i) 16 + 4 g + c) = scale (row y, column 4 cg + c), the order of the layout.
-struct StagedRows {
-  int lp;        // log2 P
-  int64_t tile;  // the 128-row tile
-  int q;         // the CTA's slice of each tile: bytes [16 P q, 16 P q + 16 P)
-};
-
-__device__ __forceinline__ StagedRows staged_rows() {
-  const int lp = blockDim.y / 8;  // 4P = 4 or 8 rows
-  return {lp, static_cast<int64_t>(blockIdx.x >> (5 - lp)),
-          static_cast<int>(blockIdx.x & ((32 >> lp) - 1))};
-}
-
-__device__ __forceinline__ int64_t staged_row(const StagedRows& s) {
-  const int y = threadIdx.y, g = y >> s.lp, i = y & ((1 << s.lp) - 1);
-  return s.tile * 128 + 32 * g + (s.q << s.lp) + i;
-}
-
-// Byte of scale (row y, column b) in the stage (rows y = g P + i).
-__device__ __forceinline__ int stage_offset(const StagedRows& s, int b) {
-  const int y = threadIdx.y, g = y >> s.lp, i = y & ((1 << s.lp) - 1);
-  return ((b >> 2) << (4 + s.lp)) + 16 * i + 4 * g + (b & 3);
-}
-
-// After a barrier: the stage to its slice of each tile, one 16-byte store per (tile, i) by
-// consecutive threads (P = 2: two threads per 32-byte sector).
-__device__ __forceinline__ void write_staged(const Nvfp4QuantizeParams& p, const StagedRows& s,
-                                            const uint4* stage) {
-  const int n_col_blocks = (p.K / 16 + 3) / 4;
-  const int t = threadIdx.y * blockDim.x + threadIdx.x;
-  if (t < (n_col_blocks << s.lp)) {  // t = cg P + i
-    const int64_t tile = s.tile * n_col_blocks + (t >> s.lp);
-    const int i = t & ((1 << s.lp) - 1);
-    reinterpret_cast<uint4*>(p.scales + tile * 512 + ((s.q << s.lp) + i) * 16)[0] = stage[t];
-  }
-}
-
-// kStaged: blocked scales staged in shared memory, 4P rows per CTA (kPacked only; see the
-// header); else one row per CTA or rows sharing warps, scales stored byte by byte.
-template <int kBpt, bool kHalf, bool kPacked, bool kFp8, bool kStaged>
+// One row per CTA, or rows sharing warps; scales stored byte by byte.
+template <int kBpt, bool kHalf, bool kPacked, bool kFp8>
 __global__ void __launch_bounds__(kMaxThreads) nvfp4_quantize_rows_kernel(const Nvfp4QuantizeParams p) {
-  static_assert(kPacked || !kStaged, "staged scales need the packed output");
   __shared__ uint32_t red[32];
-  __shared__ uint4 stage[kStaged ? kStageBytes / 16 : 1];
   const int tpr = p.threads_per_row;  // == blockDim.x, or a power of two <= 32
   int lane_in_row;
   int64_t row;
-  StagedRows srows;
-  if constexpr (kStaged) {
-    srows = staged_rows();
-    lane_in_row = threadIdx.x;
-    row = staged_row(srows);
-  } else if (tpr > 32) {
+  if (tpr > 32) {
     lane_in_row = threadIdx.x;
     row = blockIdx.x;
   } else {
@@ -397,28 +323,12 @@ __global__ void __launch_bounds__(kMaxThreads) nvfp4_quantize_rows_kernel(const 
 
   RowScale rs;
   if (p.gs_in == nullptr) {  // per-row global scale: amax / (6 * S_MAX), 1 for a zero row
-    const uint32_t m = row_max<kStaged>(amax_thread, tpr, red);
+    const uint32_t m = row_max(amax_thread, tpr, red);
     const uint32_t q = as_bits(div_rn(as_float(m), p.fp8_exact ? 384.0f : 2688.0f));
     rs = row_scale(m != 0 ? as_float(max(q, kBitsGlobalScaleMin)) : 1.0f, p.fp8_exact);
     if (row_ok && lane_in_row == 0) p.gs_out[row] = rs.gs;
   } else {
     rs = row_scale(p.gs_in[p.gs_per_row && row_ok ? row : 0], false);
-  }
-  if constexpr (kStaged) {  // every row stages its columns < 4 ceil(blocks / 4), zeros as padding
-    uint8_t* bytes = reinterpret_cast<uint8_t*>(stage);
-#pragma unroll
-    for (int i = 0; i < kBpt; ++i) {
-      const int b = lane_in_row + i * tpr;
-      uint8_t* staged = bytes + stage_offset(srows, b);
-      if (row_ok && b < blocks) {
-        quantize_block<kHalf, kPacked, kFp8, true>(p, blk[i], amax[i], rs, row, b, staged);
-      } else if (b < (blocks + 3) / 4 * 4) {
-        *staged = 0;
-      }
-    }
-    __syncthreads();
-    write_staged(p, srows, stage);
-    return;
   }
   if (!row_ok) return;
 #pragma unroll
@@ -437,20 +347,15 @@ namespace {
 using KernelFn = void (*)(Nvfp4QuantizeParams);
 
 template <int kBpt, bool kHalf>
-KernelFn pick_outputs(bool packed, bool fp8, bool staged) {
-  if (staged) {
-    return fp8 ? nvfp4_quantize_rows_kernel<kBpt, kHalf, true, true, true>
-               : nvfp4_quantize_rows_kernel<kBpt, kHalf, true, false, true>;
-  }
-  return packed ? (fp8 ? nvfp4_quantize_rows_kernel<kBpt, kHalf, true, true, false>
-                       : nvfp4_quantize_rows_kernel<kBpt, kHalf, true, false, false>)
-                : nvfp4_quantize_rows_kernel<kBpt, kHalf, false, true, false>;
+KernelFn pick_outputs(bool packed, bool fp8) {
+  return packed ? (fp8 ? nvfp4_quantize_rows_kernel<kBpt, kHalf, true, true>
+                       : nvfp4_quantize_rows_kernel<kBpt, kHalf, true, false>)
+                : nvfp4_quantize_rows_kernel<kBpt, kHalf, false, true>;
 }
 
 template <int kBpt>
-KernelFn pick_kernel(bool half, bool packed, bool fp8, bool staged) {
-  return half ? pick_outputs<kBpt, true>(packed, fp8, staged)
-              : pick_outputs<kBpt, false>(packed, fp8, staged);
+KernelFn pick_kernel(bool half, bool packed, bool fp8) {
+  return half ? pick_outputs<kBpt, true>(packed, fp8) : pick_outputs<kBpt, false>(packed, fp8);
 }
 
 // Blocks per thread for a row of `blocks` blocks that owns a CTA: the kernel's work per thread
@@ -477,12 +382,11 @@ struct Plan {
   int bpt;                   // blocks per thread: the kernel's kBpt
   int threads_per_row;       // a power of two <= 32 (rows share warps), else a multiple of 32
   int log2_threads_per_row;  // used by the kernel only when threads_per_row <= 32
-  bool staged;               // blocked scales staged in shared memory (kStaged)
-  dim3 cta;                  // (threads, 1), or (threads_per_row, 4P rows) when staged
+  int cta;                   // threads per CTA
   int64_t grid;
 };
 
-Plan make_plan(int64_t R, int K, bool blocked) {
+Plan make_plan(int64_t R, int K) {
   Plan pl{};
   const int blocks = K / 16;
   const int need = (blocks + kBlocksPerThreadShared - 1) / kBlocksPerThreadShared;
@@ -490,34 +394,22 @@ Plan make_plan(int64_t R, int K, bool blocked) {
     pl.bpt = kBlocksPerThreadShared;
     while ((1 << pl.log2_threads_per_row) < need) ++pl.log2_threads_per_row;
     pl.threads_per_row = 1 << pl.log2_threads_per_row;
-    pl.cta = dim3(kThreadsShared);
+    pl.cta = kThreadsShared;
     const int rows_per_cta = kThreadsShared / pl.threads_per_row;
     pl.grid = (R + rows_per_cta - 1) / rows_per_cta;
     return pl;
   }
   // a row per CTA (of one warp when 3-4 blocks per thread fit in 32 lanes: the kernel then
-  // takes the shared-warp indexing with one row per CTA) ...
+  // takes the shared-warp indexing with one row per CTA)
   pl.bpt = blocks_per_thread(blocks);
   pl.threads_per_row = ((blocks + pl.bpt - 1) / pl.bpt + 31) / 32 * 32;
   pl.log2_threads_per_row = 5;  // used only when threads_per_row == 32
-  // ... or, for blocked scales, 4P rows (P = 2 or 1) per CTA of at most kMaxStagedThreads,
-  // 128 / 4P CTAs per 128-row tile (the last tile complete: its rows >= R stage zeros)
-  const int rows = !blocked                                        ? 1
-                   : 8 * pl.threads_per_row <= kMaxStagedThreads ? 8
-                   : 4 * pl.threads_per_row <= kMaxStagedThreads ? 4
-                                                                   : 1;
-  pl.staged = rows > 1;
-  pl.cta = dim3(pl.threads_per_row, rows);
-  pl.grid = pl.staged ? (R + 127) / 128 * (128 / rows) : R;
+  pl.cta = pl.threads_per_row;
+  pl.grid = R;
   return pl;
 }
 
 }  // namespace
-
-bool nvfp4_quantize_rows_fills_blocked_scales(int64_t R, int K) {
-  const int blocks = K / 16;
-  return make_plan(R, K, true).staged || (R % 128 == 0 && blocks % 4 == 0);
-}
 
 void nvfp4_quantize_rows_sm90(const Nvfp4QuantizeParams& params) {
   Nvfp4QuantizeParams p = params;
@@ -532,16 +424,16 @@ void nvfp4_quantize_rows_sm90(const Nvfp4QuantizeParams& params) {
   if (p.blocked && !packed) {
     throw std::runtime_error("nvfp4_quantize_rows: blocked scales need the packed output");
   }
-  const Plan pl = make_plan(p.R, p.K, p.blocked);
+  const Plan pl = make_plan(p.R, p.K);
   p.threads_per_row = pl.threads_per_row;
   p.log2_threads_per_row = pl.log2_threads_per_row;
   if (pl.grid == 0) return;
   if (pl.grid > INT32_MAX) throw std::runtime_error("nvfp4_quantize_rows: too many rows");
   KernelFn kernel;
   switch (pl.bpt) {
-    case 2: kernel = pick_kernel<2>(p.fp16, packed, fp8, pl.staged); break;
-    case 3: kernel = pick_kernel<3>(p.fp16, packed, fp8, pl.staged); break;
-    default: kernel = pick_kernel<4>(p.fp16, packed, fp8, pl.staged); break;
+    case 2: kernel = pick_kernel<2>(p.fp16, packed, fp8); break;
+    case 3: kernel = pick_kernel<3>(p.fp16, packed, fp8); break;
+    default: kernel = pick_kernel<4>(p.fp16, packed, fp8); break;
   }
   kernel<<<static_cast<unsigned>(pl.grid), pl.cta, 0, p.stream>>>(p);
 }
