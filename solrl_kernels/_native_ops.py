@@ -71,7 +71,8 @@ from .nvfp4.layouts import blocked_numel
 
 ACTIVATIONS = ("none", "gelu_tanh", "silu")
 OUT_DTYPES = (torch.bfloat16, torch.float16)
-FP8_GEMM_SM90_TILES = {-1: "heuristic", 0: "128x128x128_c1x2_coop", 1: "64x128x128_c1x1_pingpong"}
+FP8_GEMM_SM90_TILES = {-1: "heuristic", 0: "128x128x128_c1x2_coop", 1: "64x128x128_c1x1_pingpong",
+                       2: "128x192x128_c1x2_coop"}
 
 
 def _check_2d(t: torch.Tensor, op: str, name: str, dtype: torch.dtype, layout: str) -> None:
@@ -177,7 +178,8 @@ def _fp8_gemm_sm90_tile_fake(a, b, scale_a, scale_b, bias, activation, out_dtype
                              raster=0, promotion_interval=8):
     M, N = check_fp8_gemm_sm90_args(a, b, scale_a, scale_b, bias, activation, out_dtype)
     if tile not in FP8_GEMM_SM90_TILES:
-        raise ValueError(f"fp8_gemm_sm90: tile must be -1 (heuristic) or in [0, 2), got {tile}")
+        raise ValueError(f"fp8_gemm_sm90: tile must be -1 (heuristic) or in "
+                         f"[0, {len(FP8_GEMM_SM90_TILES) - 1}), got {tile}")
     return a.new_empty((M, N), dtype=out_dtype)
 
 

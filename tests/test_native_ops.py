@@ -110,6 +110,27 @@ def test_fp8_gemm_sm90_fake_shapes(out_dtype):
     assert out_t.shape == (37, 24) and out_t.dtype == out_dtype
 
 
+@pytest.mark.parametrize("impl", ["cpp", "fake"])
+def test_fp8_gemm_sm90_tile_range_same_in_cpp_and_fake(impl):
+    """The fake accepts exactly the tiles the C++ op does (-1 and 0..2), with one message."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    def call(tile):
+        a, b, sa, sb, bias = _fp8_inputs(37, 24, 48)
+        return ops()._fp8_gemm_sm90_tile(a, b, sa, sb, bias, "none", torch.bfloat16, tile)
+
+    for bad in (-2, len(_native_ops.FP8_GEMM_SM90_TILES) - 1):
+        with pytest.raises(ValueError, match=r"tile must be -1 \(heuristic\) or in \[0, 3\)"):
+            if impl == "fake":
+                with FakeTensorMode():
+                    call(bad)
+            else:
+                call(bad)
+    if impl == "fake":
+        with FakeTensorMode():
+            assert all(call(t).shape == (37, 24) for t in (-1, 0, 1, 2))
+
+
 def test_nvfp4_gemm_sm100_fake_shapes():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
