@@ -2,13 +2,14 @@
 
     python bench/gemm_schedule_sweep.py                     # schedules, 9 DiT (K, N) x 3 M
     python bench/gemm_schedule_sweep.py --what promotion    # promotion intervals 4/8/12/16
+    python bench/gemm_schedule_sweep.py --what promotion --tile 2   # ... of another tile
     python bench/gemm_schedule_sweep.py --what tiles        # tile configs x raster orders
     python bench/gemm_schedule_sweep.py --ms 8192           # one M
 
 For every shape, in one run: torch._scaled_mm (rowwise, bf16 out: the baseline), then
 ``_fp8_gemm_sm90_tile`` for every configuration. "schedules": every (tile, swizzle, raster),
 each output compared bit for bit against the default schedule's (scheduling moves tiles
-between SMs, never the arithmetic). "promotion": the default schedule with the fp32
+between SMs, never the arithmetic). "promotion": tile --tile (default 0) with the fp32
 promotion every 4, 8, 12, 16 wgmma k-blocks (K = 128 ... 512), each with the accumulation
 error it adds on top of the bf16 output rounding (acc_err), plus a K = 15360 shape. "tiles":
 every tile config x raster order at the default swizzle and promotion, each output compared
@@ -37,7 +38,7 @@ from solrl_kernels.gemm.reference import relative_error  # noqa: E402
 
 SHAPES_KN = [(3072, 3072), (3072, 12288), (12288, 3072), (2432, 2432), (2432, 9728),
              (9728, 2432), (2240, 2240), (2240, 5600), (5600, 2240)]
-TILES = {0: "128x128coop", 1: "64x128pp", 2: "128x192coop"}
+TILES = {0: "128x128coop", 1: "64x128pp", 2: "128x192coop", 3: "64x192pp"}
 SWIZZLES = (1, 2, 4, 8)
 RASTERS = {0: "heur", 1: "alongM", 2: "alongN"}
 PROMOTIONS = (4, 8, 12, 16)
@@ -65,7 +66,7 @@ def _operands(M: int, K: int, N: int):
     return a, w, sa, sw
 
 
-def sweep_shape(M: int, K: int, N: int, what: str) -> dict[str, float]:
+def sweep_shape(M: int, K: int, N: int, what: str, tile: int = 0) -> dict[str, float]:
     """TFLOP/s of cuBLAS FP8 ("cublas8") and of each config ("tile/swizzle/raster/promotion");
     "err <config>": the accumulation error of each promotion interval (what="promotion")."""
     op = torch.ops.solrl_kernels._fp8_gemm_sm90_tile
@@ -79,7 +80,7 @@ def sweep_shape(M: int, K: int, N: int, what: str) -> dict[str, float]:
     elif what == "tiles":
         configs = [(t, 1, r, 8) for t, r in itertools.product(TILES, RASTERS)]
     else:
-        configs = [(0, 1, 0, p) for p in PROMOTIONS]
+        configs = [(tile, 1, 0, p) for p in PROMOTIONS]
     default_out = op(a, w, sa, sw, None, "none", bf16, 0)
     for t, s, r, p in configs:
         out = op(a, w, sa, sw, None, "none", bf16, t, s, r, p)
@@ -101,6 +102,8 @@ def main() -> None:
                     help="schedules: tile x swizzle x raster; promotion: fp32 promotion intervals "
                     f"{PROMOTIONS} at the default schedule, with their accumulation error; "
                     "tiles: tile x raster")
+    ap.add_argument("--tile", type=int, choices=sorted(TILES), default=0,
+                    help="the tile of the promotion sweep")
     args = ap.parse_args()
     from solrl_kernels import _backends
 
@@ -112,7 +115,7 @@ def main() -> None:
     if args.what == "promotion":
         shapes.append((2048, 15360, 3072))  # the longest K of the accuracy requirement
     for M, K, N in shapes:
-        r = sweep_shape(M, K, N, args.what)
+        r = sweep_shape(M, K, N, args.what, args.tile)
         rows.append(r)
         cfgs = [k for k in r if "/" in k and not k.startswith("err")]
         print(f"M={M:5d} K={K:5d} N={N:5d} cublas8 {r['cublas8']:6.0f} | " + "  ".join(

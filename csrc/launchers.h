@@ -62,6 +62,7 @@ enum class Fp8TileSm90 : int {
   k128x128_c1x2_coop = 0,   // large M, N: 128x128x128 CTA tile, 2 consumer warpgroups, 1x2 cluster
   k64x128_c1x1_pingpong = 1,  // small M / few tiles: 64x128x128 CTA tile, ping-pong warpgroups
   k128x192_c1x2_coop = 2,   // 128x192x128 CTA tile, 2 consumer warpgroups, 1x2 cluster
+  k64x192_c1x2_pingpong = 3,  // 64x192x128 CTA tile per warpgroup, ping-pong, 1x2 cluster
 };
 
 // One function per (tile, out dtype) translation unit; each handles the three activations.
@@ -69,6 +70,8 @@ void fp8_gemm_sm90_128x128_c1x2_coop_bf16(const Fp8GemmSm90Params& p, const Work
 void fp8_gemm_sm90_128x128_c1x2_coop_fp16(const Fp8GemmSm90Params& p, const WorkspaceAllocator& ws);
 void fp8_gemm_sm90_128x192_c1x2_coop_bf16(const Fp8GemmSm90Params& p, const WorkspaceAllocator& ws);
 void fp8_gemm_sm90_128x192_c1x2_coop_fp16(const Fp8GemmSm90Params& p, const WorkspaceAllocator& ws);
+void fp8_gemm_sm90_64x192_c1x2_pingpong_bf16(const Fp8GemmSm90Params& p, const WorkspaceAllocator& ws);
+void fp8_gemm_sm90_64x192_c1x2_pingpong_fp16(const Fp8GemmSm90Params& p, const WorkspaceAllocator& ws);
 void fp8_gemm_sm90_64x128_c1x1_pingpong_bf16(const Fp8GemmSm90Params& p, const WorkspaceAllocator& ws);
 void fp8_gemm_sm90_64x128_c1x1_pingpong_fp16(const Fp8GemmSm90Params& p, const WorkspaceAllocator& ws);
 

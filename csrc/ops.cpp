@@ -35,7 +35,7 @@ namespace solrl {
 
 namespace {
 
-constexpr int kNumFp8TilesSm90 = 3;
+constexpr int kNumFp8TilesSm90 = 4;
 
 // ------------------------------------------------------------------------------ shared checks
 // Numbers in messages go through std::to_string, never through an ostream: an extension linked
@@ -279,6 +279,10 @@ at::Tensor fp8_gemm_sm90_impl(const at::Tensor& a, const at::Tensor& b, const at
       break;
     case Fp8TileSm90::k128x192_c1x2_coop:
       bf16 ? fp8_gemm_sm90_128x192_c1x2_coop_bf16(p, ws) : fp8_gemm_sm90_128x192_c1x2_coop_fp16(p, ws);
+      break;
+    case Fp8TileSm90::k64x192_c1x2_pingpong:
+      bf16 ? fp8_gemm_sm90_64x192_c1x2_pingpong_bf16(p, ws)
+           : fp8_gemm_sm90_64x192_c1x2_pingpong_fp16(p, ws);
       break;
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();

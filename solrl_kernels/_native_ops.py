@@ -22,8 +22,9 @@ Ops (schemas in csrc/ops.cpp):
 
 ``torch.ops.solrl_kernels._fp8_gemm_sm90_tile(..., tile, swizzle=0, raster=0, promotion_interval=8)``
     The same with a forced tile configuration (0: 128x128x128 cooperative with a 1x2 cluster,
-    1: 64x128x128 ping-pong, 2: 128x192x128 cooperative with a 1x2 cluster; -1: the
-    heuristic), tile-scheduler swizzle (0: default, 1/2/4/8)
+    1: 64x128x128 ping-pong, 2: 128x192x128 cooperative with a 1x2 cluster, 3: 64x192x128
+    ping-pong with a 1x2 cluster (not yet run on a GPU); -1: the heuristic), tile-scheduler
+    swizzle (0: default, 1/2/4/8)
     and raster order (0: CUTLASS's heuristic, 1: along M, 2: along N), and wgmma k-blocks
     between fp32 promotions (a multiple of 4) -- for benchmarks and tuning
     (bench/gemm_schedule_sweep.py).
@@ -72,7 +73,7 @@ from .nvfp4.layouts import blocked_numel
 ACTIVATIONS = ("none", "gelu_tanh", "silu")
 OUT_DTYPES = (torch.bfloat16, torch.float16)
 FP8_GEMM_SM90_TILES = {-1: "heuristic", 0: "128x128x128_c1x2_coop", 1: "64x128x128_c1x1_pingpong",
-                       2: "128x192x128_c1x2_coop"}
+                       2: "128x192x128_c1x2_coop", 3: "64x192x128_c1x2_pingpong"}
 
 
 def _check_2d(t: torch.Tensor, op: str, name: str, dtype: torch.dtype, layout: str) -> None:

@@ -112,7 +112,7 @@ def test_fp8_gemm_sm90_fake_shapes(out_dtype):
 
 @pytest.mark.parametrize("impl", ["cpp", "fake"])
 def test_fp8_gemm_sm90_tile_range_same_in_cpp_and_fake(impl):
-    """The fake accepts exactly the tiles the C++ op does (-1 and 0..2), with one message."""
+    """The fake accepts exactly the tiles the C++ op does (-1 and 0..3), with one message."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     def call(tile):
@@ -120,7 +120,7 @@ def test_fp8_gemm_sm90_tile_range_same_in_cpp_and_fake(impl):
         return ops()._fp8_gemm_sm90_tile(a, b, sa, sb, bias, "none", torch.bfloat16, tile)
 
     for bad in (-2, len(_native_ops.FP8_GEMM_SM90_TILES) - 1):
-        with pytest.raises(ValueError, match=r"tile must be -1 \(heuristic\) or in \[0, 3\)"):
+        with pytest.raises(ValueError, match=r"tile must be -1 \(heuristic\) or in \[0, 4\)"):
             if impl == "fake":
                 with FakeTensorMode():
                     call(bad)
@@ -128,7 +128,7 @@ def test_fp8_gemm_sm90_tile_range_same_in_cpp_and_fake(impl):
                 call(bad)
     if impl == "fake":
         with FakeTensorMode():
-            assert all(call(t).shape == (37, 24) for t in (-1, 0, 1, 2))
+            assert all(call(t).shape == (37, 24) for t in (-1, 0, 1, 2, 3))
 
 
 def test_nvfp4_gemm_sm100_fake_shapes():
@@ -237,8 +237,8 @@ SHAPES = [  # (M, N, K): tiny, ragged M/N with a K tail shorter than one 128 k-t
 @pytest.mark.gpu
 @needs_hopper
 @pytest.mark.parametrize("M, N, K", SHAPES)
-@pytest.mark.parametrize("tile", [-1, 0, 1, 2],
-                         ids=["heuristic", "128x128coop", "64x128pingpong", "128x192coop"])
+@pytest.mark.parametrize("tile", [-1, 0, 1, 2, 3], ids=["heuristic", "128x128coop", "64x128pingpong",
+                                                  "128x192coop", "64x192pingpong"])
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_fp8_gemm_sm90_shapes(M, N, K, tile, out_dtype):
     torch.manual_seed(M * 7 + N * 3 + K + tile)
@@ -250,7 +250,8 @@ def test_fp8_gemm_sm90_shapes(M, N, K, tile, out_dtype):
 
 @pytest.mark.gpu
 @needs_hopper
-@pytest.mark.parametrize("tile", [0, 1, 2], ids=["128x128coop", "64x128pingpong", "128x192coop"])
+@pytest.mark.parametrize("tile", [0, 1, 2, 3],
+                         ids=["128x128coop", "64x128pingpong", "128x192coop", "64x192pingpong"])
 def test_fp8_gemm_sm90_schedules_bit_identical(tile):
     """Swizzle and raster order move output tiles between SMs, never the arithmetic: every
     schedule gives the default's bits (ragged M and N: partial tiles at both edges)."""

@@ -110,6 +110,13 @@ struct Tile128x192C1x2Coop {  // each consumer warpgroup: 64x192, 2 x 96 fp32 re
   using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecializedCooperative;
 };
 
+struct Tile64x192C1x2Pingpong {  // each warpgroup its own 64x192 tile: epilogue overlaps the other's MMAs
+  using TileShape = Shape<_64, _192, _128>;
+  using ClusterShape = Shape<_1, _2, _1>;
+  using KernelSchedule = cutlass::gemm::KernelTmaWarpSpecializedPingpong;
+  using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecialized;
+};
+
 struct Tile64x128C1x1Pingpong {
   using TileShape = Shape<_64, _128, _128>;
   using ClusterShape = Shape<_1, _1, _1>;
