@@ -4,16 +4,16 @@
 
 The product kernel (kernels.attn_fwd_kernel) quantizes its Q tile in registers and streams
 K/V tiles with pointer loads that Triton software-pipelines. This probe runs the same "fp8"
-math (operations, operand layouts, K/V pre-passes) on a Q quantized beforehand (in torch,
-not timed), with every tile loaded through on-device tensor descriptors (TMA), and
-optionally `tl.range(..., warp_specialize=True)` (Triton >= 3.5 warp-specializes
-non-causal attention on Hopper when the loads are on-device descriptors). For each kernel
-configuration it checks the output against the product kernel on the same pre-quantized
-K/V (variants "q-in-kernel" load the bf16 Q by pointers and quantize it as the product
-kernel does; only the K/V-side loads are descriptors), then times the attention kernel alone (CUDA events, medians) beside the product kernel
-and cuDNN SDPA in bf16 on the same tensors. A configuration that fails
+math (operations, operand layouts, K/V pre-passes) with the K/V-side tiles loaded through
+on-device tensor descriptors (TMA), and optionally `tl.range(..., warp_specialize=True)`
+(Triton >= 3.5 warp-specializes non-causal attention on Hopper when the loads are on-device
+descriptors). Q is quantized beforehand (in torch, not timed) and loaded by a descriptor
+too, or, in the "q-in-kernel" variants, loaded by pointers and quantized as the product
+kernel does. For each configuration it checks the output against the product kernel on the
+same pre-quantized K/V, then times the attention kernel alone (CUDA events, medians) beside
+the product kernel and cuDNN SDPA in bf16 on the same tensors. A configuration that fails
 to compile is reported and skipped. Nothing is recorded in results.json: a probe, not a
-published figure.
+published figure (bench/RESULTS.md §3c).
 """
 
 from __future__ import annotations
@@ -48,9 +48,10 @@ def attn_fwd_fp8_desc_kernel(
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     WS: tl.constexpr, NUM_STAGES: tl.constexpr, Q_IN_KERNEL: tl.constexpr,
 ):
-    """kernels.attn_fwd_kernel's "fp8" path on a pre-quantized Q, every tile through
-    on-device TMA descriptors (Triton's Hopper warp specialization cannot partition the
-    in-kernel Q quantization: WSDataPartition "Unexpected op", Triton 3.8)."""
+    """kernels.attn_fwd_kernel's "fp8" path with the K/V-side tiles through on-device TMA
+    descriptors; Q pre-quantized (q8, q_mul: a descriptor too) or, with Q_IN_KERNEL, bf16 Q
+    quantized here. Triton's Hopper warp specialization (WS) cannot partition the in-kernel
+    Q quantization (WSDataPartition "Unexpected op", Triton 3.8)."""
     pid_m = tl.program_id(0)
     g = tl.program_id(1)
     b = g // H
