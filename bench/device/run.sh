@@ -2,12 +2,12 @@
 # H200 device runs: bash bench/device/run.sh PART [PART ...]; logs and records go to $OUT.
 # Parts (times measured on the H200; one device call may run at most 10 minutes):
 #   build        build _C (every part that runs _C builds it first; once per invocation)  (~1.5 min)
-#   tests        build _C, every GPU test                                   (~3 min)
+#   tests        build _C, every GPU test (~1.5 min build + 4.5-7 min: give it its own call)
 #   ktests       GPU tests of the Triton kernels only (quantize, attention, self-check; no build)
 #   quant        quantization benchmark (GPU time by CUDA-graph replay)     (~0.5 min)
 #   quant-sweep  quantization tile sweep (Triton) beside the CUDA kernel, two shapes (~1 min);
 #                QUANT_SWEEP_ARGS="--shapes ... --modes ..." (bench/quantize_sweep.py)
-#   gemm         SASS check + nvfp4_linear benchmark vs cuBLAS BF16 / FP8 (~3 min), host profile
+#   gemm         SASS check + nvfp4_linear benchmark vs cuBLAS BF16 / FP8 (~2 min), host profile
 #   block        a FLUX.1 single-stream block's 5 linears, NVFP4 (activation reuse on/off) vs BF16
 #   transformer  FLUX.1 / SD3.5-L / SANA forward at real widths (few blocks), batch 1 and 4:
 #                BF16 vs rollout_mode                                        (~0.7 min + batch 4)
