@@ -34,11 +34,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/
 
 from timing import gpu_ms  # noqa: E402
 
+from solrl_kernels._backends import FP8_GEMM_SM90_TILES  # noqa: E402
 from solrl_kernels.gemm.reference import relative_error  # noqa: E402
 
 SHAPES_KN = [(3072, 3072), (3072, 12288), (12288, 3072), (2432, 2432), (2432, 9728),
              (9728, 2432), (2240, 2240), (2240, 5600), (5600, 2240)]
-TILES = {0: "128x128coop", 1: "64x128pp", 2: "128x192coop", 3: "64x192pp"}
+TILES = {t: name for t, name in FP8_GEMM_SM90_TILES.items() if t >= 0}  # forced tiles
 SWIZZLES = (1, 2, 4, 8)
 RASTERS = {0: "heur", 1: "alongM", 2: "alongN"}
 PROMOTIONS = (4, 8, 12, 16)

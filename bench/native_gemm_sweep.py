@@ -31,10 +31,12 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/ (record.py)
 
+from solrl_kernels._backends import FP8_GEMM_SM90_TILES  # noqa: E402
+
 SHAPES_KN = [(3072, 3072), (3072, 12288), (12288, 3072), (2432, 9728), (9728, 2432),
              (2240, 5600), (5600, 2240)]
 MS = [4096, 8192, 16384]
-TILES = {0: "128x128coop", 1: "64x128pp", 2: "128x192coop", 3: "64x192pp"}
+TILES = {t: name for t, name in FP8_GEMM_SM90_TILES.items() if t >= 0}  # forced tiles
 E4M3 = torch.float8_e4m3fn
 
 

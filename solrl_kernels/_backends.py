@@ -48,6 +48,11 @@ def native_unavailable_reason() -> str:
 # the longest row csrc's NVFP4 row quantizer takes (csrc/launchers.h kNvfp4QuantizeRowsMaxK)
 NVFP4_QUANTIZE_ROWS_MAX_K = 32768
 
+# the sm90 FP8 GEMM's forced tile configurations (csrc/launchers.h Fp8TileSm90; -1: the op's
+# default schedule), by the index _fp8_gemm_sm90_tile takes
+FP8_GEMM_SM90_TILES = {-1: "heuristic", 0: "128x128x128_c1x2_coop", 1: "64x128x128_c1x1_pingpong",
+                       2: "128x192x128_c1x2_coop", 3: "64x192x128_c1x2_pingpong"}
+
 _ARCHS: tuple[str, ...] | None = None
 
 

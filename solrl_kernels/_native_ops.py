@@ -67,13 +67,11 @@ from __future__ import annotations
 
 import torch
 
-from ._backends import NVFP4_QUANTIZE_ROWS_MAX_K
+from ._backends import FP8_GEMM_SM90_TILES, NVFP4_QUANTIZE_ROWS_MAX_K
 from .nvfp4.layouts import blocked_numel
 
 ACTIVATIONS = ("none", "gelu_tanh", "silu")
 OUT_DTYPES = (torch.bfloat16, torch.float16)
-FP8_GEMM_SM90_TILES = {-1: "heuristic", 0: "128x128x128_c1x2_coop", 1: "64x128x128_c1x1_pingpong",
-                       2: "128x192x128_c1x2_coop", 3: "64x192x128_c1x2_pingpong"}
 
 
 def _check_2d(t: torch.Tensor, op: str, name: str, dtype: torch.dtype, layout: str) -> None:

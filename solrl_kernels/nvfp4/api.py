@@ -89,7 +89,7 @@ def _path(backend: Backend, x2d: torch.Tensor, scale_search: bool, container: bo
     "auto" takes the CUDA kernel where it was measured faster (bench/RESULTS.md §2): for the
     container and for per-row scales computed from the rows (one read of each row at any K);
     Triton for a given global scale, row-major or blocked (blocked: 0.85x copy against the
-    CUDA kernel's 0.70x, session 9)."""
+    CUDA kernel's 0.72x, sessions 8-9)."""
     _check_backend(backend)
     cuda_first = container or row_scale
     if backend == "cuda" or (backend == "auto" and cuda_first):
