@@ -4,6 +4,7 @@
     python bench/gemm_schedule_sweep.py --what promotion    # promotion intervals 4/8/12/16
     python bench/gemm_schedule_sweep.py --what promotion --tile 2   # ... of another tile
     python bench/gemm_schedule_sweep.py --what tiles        # tile configs x raster orders
+    python bench/gemm_schedule_sweep.py --what baselines    # the op's default vs every cuBLAS FP8
     python bench/gemm_schedule_sweep.py --ms 8192           # one M
 
 For every shape, in one run: torch._scaled_mm (rowwise, bf16 out: the baseline), then
@@ -13,7 +14,10 @@ between SMs, never the arithmetic). "promotion": tile --tile (default 0) with th
 promotion every 4, 8, 12, 16 wgmma k-blocks (K = 128 ... 512), each with the accumulation
 error it adds on top of the bf16 output rounding (acc_err), plus a K = 15360 shape. "tiles":
 every tile config x raster order at the default swizzle and promotion, each output compared
-bit for bit against the default tile's (same k-order of the accumulation).
+bit for bit against the default tile's (same k-order of the accumulation). "baselines": the
+op's default schedule against the other ways torch runs an FP8 GEMM on pre-quantized inputs:
+per-tensor scales (on sm_90 torch sends those to cuBLASLt), without and with fast
+accumulation; the kernel each one launches is printed once (torch.profiler).
 GPU time by CUDA-graph replay. Prints one line per shape and the geometric mean of each
 configuration over all shapes (ratio to cuBLAS FP8). Nothing goes to results.json: the
 configuration the op then uses is measured by the benchmarks.
@@ -76,6 +80,14 @@ def sweep_shape(M: int, K: int, N: int, what: str, tile: int = 0) -> dict[str, f
     tf = lambda ms: 2.0 * M * N * K / (ms * 1e-3) / 1e12  # noqa: E731
     res = {"cublas8": tf(gpu_ms(lambda: torch._scaled_mm(
         a, w.T, scale_a=sa[:, None], scale_b=sw[None, :], out_dtype=bf16), 20)[0])}
+    if what == "baselines":
+        one = torch.ones((), device="cuda")
+        for key, fast in (("cublasLt per-tensor", False), ("cublasLt per-tensor fast-acc", True)):
+            res[key] = tf(gpu_ms(lambda fast=fast: torch._scaled_mm(
+                a, w.T, scale_a=one, scale_b=one, out_dtype=bf16, use_fast_accum=fast), 20)[0])
+        res["ours default"] = tf(gpu_ms(lambda: torch.ops.solrl_kernels.fp8_gemm_sm90(
+            a, w, sa, sw, None, "none", bf16), 20)[0])
+        return res
     if what == "schedules":
         configs = [(t, s, r, 8) for t, s, r in itertools.product(TILES, SWIZZLES, RASTERS)]
     elif what == "tiles":
@@ -96,13 +108,36 @@ def sweep_shape(M: int, K: int, N: int, what: str, tile: int = 0) -> dict[str, f
     return res
 
 
+def print_kernels(M: int = 4096, K: int = 3072, N: int = 3072) -> None:
+    """The CUDA kernels each FP8 GEMM of the "baselines" sweep launches (one call each)."""
+    a, w, sa, sw = _operands(M, K, N)
+    one = torch.ones((), device="cuda")
+    calls = {
+        "_scaled_mm rowwise": lambda: torch._scaled_mm(a, w.T, scale_a=sa[:, None],
+                                                       scale_b=sw[None, :], out_dtype=torch.bfloat16),
+        "_scaled_mm per-tensor": lambda: torch._scaled_mm(a, w.T, scale_a=one, scale_b=one,
+                                                          out_dtype=torch.bfloat16),
+        "_scaled_mm per-tensor fast-acc": lambda: torch._scaled_mm(
+            a, w.T, scale_a=one, scale_b=one, out_dtype=torch.bfloat16, use_fast_accum=True),
+    }
+    for name, fn in calls.items():
+        fn()
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize()
+        kernels = sorted({e.name for e in prof.events() if e.device_type.name == "CUDA"})
+        print(f"{name}: {kernels}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ms", type=int, nargs="+", default=[4096, 8192, 16384])
-    ap.add_argument("--what", choices=("schedules", "promotion", "tiles"), default="schedules",
+    ap.add_argument("--what", choices=("schedules", "promotion", "tiles", "baselines"),
+                    default="schedules",
                     help="schedules: tile x swizzle x raster; promotion: fp32 promotion intervals "
                     f"{PROMOTIONS} at the default schedule, with their accumulation error; "
-                    "tiles: tile x raster")
+                    "tiles: tile x raster; baselines: the op against per-tensor cuBLASLt")
     ap.add_argument("--tile", type=int, choices=sorted(TILES), default=0,
                     help="the tile of the promotion sweep")
     args = ap.parse_args()
@@ -111,6 +146,8 @@ def main() -> None:
     if not _backends.native_ops_available():  # loads solrl_kernels._C
         raise SystemExit(f"solrl_kernels._C unavailable: {_backends.native_unavailable_reason()}")
 
+    if args.what == "baselines":
+        print_kernels()
     rows = []
     shapes = [(M, K, N) for M in args.ms for K, N in SHAPES_KN]
     if args.what == "promotion":
@@ -118,7 +155,7 @@ def main() -> None:
     for M, K, N in shapes:
         r = sweep_shape(M, K, N, args.what, args.tile)
         rows.append(r)
-        cfgs = [k for k in r if "/" in k and not k.startswith("err")]
+        cfgs = [k for k in r if k != "cublas8" and not k.startswith("err")]
         print(f"M={M:5d} K={K:5d} N={N:5d} cublas8 {r['cublas8']:6.0f} | " + "  ".join(
             f"{k} {r[k] / r['cublas8']:.3f}" + (f" (err {r['err ' + k]:.1e})" if "err " + k in r
                                                   else "") for k in cfgs), flush=True)

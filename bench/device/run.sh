@@ -32,6 +32,9 @@
 # for fmha-probe: bash bench/fmha_probe.sh --build-only makes its binaries here).
 # Then copy $OUT/results.json over bench/results.json (records replace older ones by key) and
 # unpack $OUT/logs.tgz (a device call returns at most ~8 files: everything else is archived).
+# A call that built _C also returns it: copy $OUT/_C*.so and $OUT/prebuilt_stamp into
+# build/device_prebuilt/ and carry that folder, and the next call with the same csrc/ and
+# setup.py skips the build (~1.5-2 min of device time).
 set -uo pipefail
 PARTS="build tests ktests quant quant-sweep gemm gemm-sweep gemm-tune block transformer transformer-compile profile host attn attn-sweep fmha-probe toy pretrain"
 [ $# -gt 0 ] || set -- help
@@ -50,11 +53,20 @@ cp bench/results.json "$OUT/results.json"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv,noheader | tee "$OUT/gpu.txt"
 
 BUILT=0
+# A _C built by an earlier call of the same sources is reused: carry "build/device_prebuilt"
+# holding that call's $OUT/_C*.so and $OUT/prebuilt_stamp (the sources' hash). Saves the build.
+STAMP=$(cat setup.py $(find csrc -type f | sort) | sha256sum | cut -c1-16)
+PREBUILT=build/device_prebuilt
 build() {
   [ "$BUILT" = 1 ] && return 0
   BUILT=1
-  CUTLASS_PATH=$PWD/build/cutlass_src TORCH_CUDA_ARCH_LIST=9.0a MAX_JOBS=16 \
-    python3 setup.py build_ext --inplace > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+  if [ "$(cat $PREBUILT/prebuilt_stamp 2>/dev/null)" = "$STAMP" ] && ls $PREBUILT/_C*.so >/dev/null 2>&1; then
+    cp $PREBUILT/_C*.so solrl_kernels/ && echo "_C: prebuilt for sources $STAMP"
+  else
+    CUTLASS_PATH=$PWD/build/cutlass_src TORCH_CUDA_ARCH_LIST=9.0a MAX_JOBS=16 \
+      python3 setup.py build_ext --inplace > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+    mkdir -p /tmp/prebuilt && cp solrl_kernels/_C*.so /tmp/prebuilt/ && echo "$STAMP" > /tmp/prebuilt/prebuilt_stamp
+  fi
   python3 -m solrl_kernels | tee "$OUT/backends.txt"
 }
 
@@ -145,4 +157,5 @@ for p in "$@"; do part "$p"; done
 # only a few files come back from a device call: everything but the records goes in one archive
 tar -czf /tmp/logs.tgz -C "$OUT" --exclude results.json . && find "$OUT" -mindepth 1 \
   ! -name results.json -delete && mv /tmp/logs.tgz "$OUT/"
-echo "== done ($(date +%T)); \$OUT: results.json + logs.tgz"
+[ -d /tmp/prebuilt ] && cp /tmp/prebuilt/* "$OUT/"  # this build's _C, for the next call's carry
+echo "== done ($(date +%T)); \$OUT: results.json + logs.tgz$([ -d /tmp/prebuilt ] && echo ' + _C*.so + prebuilt_stamp')"
