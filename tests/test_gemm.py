@@ -517,4 +517,3 @@ def test_gpu_torch_compile_fullgraph(storage):
     torch._dynamo.reset()
     out = torch.compile(q, fullgraph=True)(x)
     torch.testing.assert_close(out, eager, rtol=0, atol=0)
-
