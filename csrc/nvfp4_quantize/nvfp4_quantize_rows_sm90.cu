@@ -32,17 +32,75 @@
 #include <string>
 
 #include "launchers.h"
-#include "nvfp4_quantize/nvfp4_quantize_device.cuh"
 
 namespace solrl {
 namespace {
-
-using namespace nvfp4_dev;
 
 constexpr int kBlocksPerThreadShared = 2;  // when rows share warps (K <= 1024)
 constexpr int kMinBlocksPerThread = 2, kMaxBlocksPerThread = 4;  // 5 spills (64 registers)
 constexpr int kThreadsShared = 128;  // CTA size when rows share warps
 constexpr int kMaxThreads = 1024;
+constexpr uint32_t kBitsExactMin = 0x3C000000u;    // 2^-7   (FP8_EXACT_SCALE_MIN)
+constexpr uint32_t kBitsExactMax = 0x42800000u;    // 64.0f  (FP8_EXACT_SCALE_MAX)
+constexpr uint32_t kBitsE4m3Min = 0x3B000000u;     // 2^-9   (E4M3_MIN_SUBNORMAL)
+constexpr uint32_t kBitsE4m3Max = 0x43E00000u;     // 448.0f (F8E4M3_MAX)
+constexpr uint32_t kBitsE4m3MinNormal = 0x3C800000u;  // 2^-6
+constexpr uint32_t kBitsGlobalScaleMin = 0x05800000u;  // 2^-116 (GLOBAL_SCALE_MIN)
+constexpr uint32_t kBitsFastDivMin = 0x12800000u;      // 2^-90
+constexpr uint32_t kBitsFastDivMax = 0x71800000u;      // 2^100
+
+__device__ __forceinline__ float mul_rn(float a, float b) {
+  float d;
+  asm("mul.rn.f32 %0, %1, %2;" : "=f"(d) : "f"(a), "f"(b));
+  return d;
+}
+__device__ __forceinline__ float add_rn(float a, float b) {
+  float d;
+  asm("add.rn.f32 %0, %1, %2;" : "=f"(d) : "f"(a), "f"(b));
+  return d;
+}
+__device__ __forceinline__ float div_rn(float a, float b) {
+  float d;
+  asm("div.rn.f32 %0, %1, %2;" : "=f"(d) : "f"(a), "f"(b));
+  return d;
+}
+__device__ __forceinline__ float rcp_rn(float a) {
+  float d;
+  asm("rcp.rn.f32 %0, %1;" : "=f"(d) : "f"(a));
+  return d;
+}
+__device__ __forceinline__ float fma_rn(float a, float b, float c) {
+  float d;
+  asm("fma.rn.f32 %0, %1, %2, %3;" : "=f"(d) : "f"(a), "f"(b), "f"(c));
+  return d;
+}
+__device__ __forceinline__ float as_float(uint32_t u) { return __uint_as_float(u); }
+__device__ __forceinline__ uint32_t as_bits(float f) { return __float_as_uint(f); }
+
+// Per 16-bit half, the larger magnitude of a and b (sign bit: garbage, xorsign).
+template <bool kHalf>
+__device__ __forceinline__ uint32_t absmax_x2(uint32_t a, uint32_t b) {
+  uint32_t d;
+  if constexpr (kHalf) {
+    asm("max.xorsign.abs.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+  } else {
+    asm("max.xorsign.abs.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+  }
+  return d;
+}
+
+// One 16-bit element (the low half of h) -> fp32 (exact).
+template <bool kHalf>
+__device__ __forceinline__ float to_f32(uint32_t h) {
+  if constexpr (kHalf) {
+    float f;
+    asm("{ .reg .b16 t; cvt.u16.u32 t, %1; cvt.f32.f16 %0, t; }" : "=f"(f) : "r"(h));
+    return f;
+  } else {
+    return as_float(h << 16);
+  }
+}
+
 // max over the threads of a row: a segment of tpr (power of two <= 32) lanes, or the
 // blockDim.x threads of the CTA (tpr a multiple of 32).
 __device__ __forceinline__ uint32_t row_max(uint32_t m, int tpr, uint32_t* red) {
@@ -57,6 +115,171 @@ __device__ __forceinline__ uint32_t row_max(uint32_t m, int tpr, uint32_t* red) 
   m = lane < static_cast<int>(blockDim.x / 32) ? red[lane] : 0u;  // the row's warps reduce them
   for (int off = 16; off > 0; off >>= 1) m = max(m, __shfl_xor_sync(0xFFFFFFFFu, m, off));
   return m;
+}
+
+// reference.round_up_one_bit then the clamp to [2^-7, 64], on the bits of s >= 0.
+__device__ __forceinline__ uint32_t fp8_exact_scale(uint32_t s) {
+  const uint32_t mant = s & 0x7FFFFFu, expo = s & 0x7F800000u;
+  const uint32_t up = mant == 0 ? s : (mant <= 0x400000u ? (expo | 0x400000u) : expo + 0x800000u);
+  return min(max(up, kBitsExactMin), kBitsExactMax);
+}
+
+// E4M3 round-to-nearest-even of s clamped to [2^-9, 448] (reference: .to(float8_e4m3fn)).
+__device__ __forceinline__ uint32_t rn_scale(uint32_t s) {
+  s = min(max(s, kBitsE4m3Min), kBitsE4m3Max);
+  if (s >= kBitsE4m3MinNormal) return (s + 0x7FFFFu + ((s >> 20) & 1u)) & ~0xFFFFFu;
+  return as_bits(add_rn(add_rn(as_float(s), 16384.0f), -16384.0f));  // quantum 2^-9
+}
+
+// (bits(a) & 0x7F800000) | 2 in one LOP3 (ptxas does not merge the and/or of two immediates)
+__device__ __forceinline__ uint32_t exp_or_2(uint32_t a) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, 0x7F800000, 2, 0xEA;" : "=r"(d) : "r"(a));
+  return d;
+}
+
+// e2m1 rounding of y (RNE, saturating at 6), as in nvfp4/kernels.py _e2m1_nibble: with
+// a = min(|y|, 6) and k built from a's exponent E (k = 2^E * (1 + (256 + 2E) * 2^-23)),
+// t = RN(a + k * 2^22) holds the magnitude index in its low 4 bits, and t - k * 2^22 (exact)
+// is the rounded magnitude. |y| < 0.25 rounds to 0 either way, so flushing a subnormal |y|
+// in the min is harmless.
+struct E2m1 {
+  uint32_t t;       // low 4 bits: the magnitude index 0..7
+  float magnitude;  // the e2m1 magnitude, >= 0
+};
+__device__ __forceinline__ E2m1 e2m1_round(float y) {
+  const float a = fminf(fabsf(y), 6.0f);
+  const uint32_t e = max(exp_or_2(as_bits(a)), 0x3F800002u);
+  const float k = as_float(e + (e >> 22));
+  const float t = fma_rn(k, 4194304.0f, a);
+  return {as_bits(t), fma_rn(k, -4194304.0f, t)};
+}
+
+// Two fp32 values that are E4M3 numbers -> their E4M3 bytes, lo in the low byte.
+__device__ __forceinline__ uint32_t e4m3x2(float lo, float hi) {
+  uint32_t d;
+  asm("{ .reg .b16 t; cvt.rn.satfinite.e4m3x2.f32 t, %2, %1; cvt.u32.u16 %0, t; }"
+      : "=r"(d) : "f"(lo), "f"(hi));
+  return d;
+}
+
+// Offset of scale (row, col) in the 128x4-blocked layout (nvfp4/layouts.py to_blocked).
+__device__ __forceinline__ int64_t blocked_offset(int64_t row, int col, int n_col_blocks) {
+  const int64_t tile = (row / 128) * n_col_blocks + col / 4;
+  return tile * 512 + (row % 32) * 16 + ((row % 128) / 32) * 4 + col % 4;
+}
+
+// The sign bits of the 8 elements in words w0..w3 (2 elements each, sign bits 15 and 31), at
+// bit 3 of nibble e (bits 3, 7, ..., 31) as the packed layout wants them, others zero.
+// prmt selector nibbles 8 + i replicate the sign bit of byte i over the output byte:
+// a = (e0, e1, o0, o1), b = (e2, e3, o2, o3) for even / odd elements e_j = 2j, o_j = 2j + 1;
+// the even bytes then fill the low nibbles and the odd ones the high nibbles.
+__device__ __forceinline__ uint32_t sign_nibbles(uint32_t w0, uint32_t w1, uint32_t w2,
+                                                 uint32_t w3) {
+  uint32_t a, b, ev, od, d;
+  asm("prmt.b32 %0, %1, %2, 0xFBD9;" : "=r"(a) : "r"(w0), "r"(w1));
+  asm("prmt.b32 %0, %1, %2, 0xFBD9;" : "=r"(b) : "r"(w2), "r"(w3));
+  asm("prmt.b32 %0, %1, %2, 0x5410;" : "=r"(ev) : "r"(a), "r"(b));
+  asm("prmt.b32 %0, %1, %2, 0x7632;" : "=r"(od) : "r"(a), "r"(b));
+  asm("lop3.b32 %0, %1, %2, 0x08080808, 0xD8;" : "=r"(d) : "r"(od), "r"(ev));  // c ? b : a
+  return d & 0x88888888u;
+}
+
+// One 16-element block as loaded: 8 words of 2 elements (element 2j in the low half of word j).
+struct Block {
+  uint4 lo, hi;
+};
+
+// The row's decode scale(s) as the blocks need them: gs and RN(1 / gs); for "fp8_exact" with
+// a computed gs also RN(1 / RN(1.5 gs)), so that a block's inverse needs no division
+// (nvfp4/kernels.py _grid_reciprocals / _grid_inverse).
+struct RowScale {
+  float gs, rg, r15;
+  bool grid;      // r15 valid: block scales on the fp8_exact grid
+  bool fast_div;  // gs in [2^-90, 2^100]: x / gs by Markstein's correction (block_ideal_scale)
+};
+
+__device__ __forceinline__ RowScale row_scale(float gs, bool grid) {
+  RowScale rs;
+  rs.gs = gs;
+  rs.rg = rcp_rn(gs);
+  rs.grid = grid;
+  rs.r15 = grid ? rcp_rn(mul_rn(1.5f, gs)) : 0.0f;
+  rs.fast_div = as_bits(gs) >= kBitsFastDivMin && as_bits(gs) <= kBitsFastDivMax;
+  return rs;
+}
+
+// RN(RN(amax / 6) / gs), the block's ideal scale, without division instructions (div.rn is
+// ~10 instructions with a range check and a slow-path call). Each quotient RN(a / b) is
+// q = RN(a * RN(1/b)) corrected once: RN(q + RN(a - q b) * RN(1/b)) (Markstein: exact when
+// RN(1/b) is correctly rounded, q is faithful and the remainder does not underflow).
+// - a / 6 with a a bf16 / fp16 value: exact for every one of them, subnormals included
+//   (tests/test_native_quantize.py checks all 2 x 2^15 in exact arithmetic).
+// - h / gs: exact while gs is in [2^-90, 2^100] (rs.fast_div) for every quotient in
+//   [2^-12, 2^12], which covers the E4M3 / fp8_exact clamp ranges; quotients outside them
+//   are faithful (within one ulp) and clamp to the same scale. Other gs: div.rn.
+__device__ __forceinline__ float block_ideal_scale(uint32_t amax, const RowScale& rs) {
+  constexpr float kSixth = 0.16666667163372039795f;  // RN(1/6)
+  const float a = as_float(amax);
+  float h = mul_rn(a, kSixth);
+  h = fma_rn(fma_rn(-h, 6.0f, a), kSixth, h);
+  if (!rs.fast_div) return div_rn(h, rs.gs);
+  const float q = mul_rn(h, rs.rg);
+  return fma_rn(fma_rn(-q, rs.gs, h), rs.rg, q);
+}
+
+// RN(1 / RN(s * gs)) for the block scale s.
+__device__ __forceinline__ float block_inverse(float scale, const RowScale& rs) {
+  if (rs.grid) {  // s in {1, 1.5} * 2^e: RN(1 / (m * gs * 2^e)) = RN(1 / RN(m * gs)) * 2^-e
+    const uint32_t sb = as_bits(scale);
+    const uint32_t r = as_bits((sb & 0x400000u) ? rs.r15 : rs.rg);
+    return as_float(r - (sb & 0x7F800000u) + 0x3F800000u);
+  }
+  return rcp_rn(mul_rn(scale, rs.gs));
+}
+
+// Block b of `row` (amax: its fp32 bits) -> its scale byte and its codes and/or E4M3 values.
+// kPacked: write data + scales; kFp8: write the E4M3 container (compile-time: the unused
+// output's arithmetic disappears).
+template <bool kHalf, bool kPacked, bool kFp8>
+__device__ __forceinline__ void quantize_block(const Nvfp4QuantizeParams& p, const Block& blk,
+                                               uint32_t amax, const RowScale& rs, int64_t row,
+                                               int b) {
+  const uint32_t ideal = as_bits(block_ideal_scale(amax, rs));
+  const float scale = as_float(p.fp8_exact ? fp8_exact_scale(ideal) : rn_scale(ideal));
+  const float inv = block_inverse(scale, rs);
+  const uint32_t words[8] = {blk.lo.x, blk.lo.y, blk.lo.z, blk.lo.w,
+                             blk.hi.x, blk.hi.y, blk.hi.z, blk.hi.w};
+  uint32_t codes[2] = {0, 0}, fp8[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {  // word j: elements 2j (low half) and 2j + 1
+    const float y0 = mul_rn(to_f32<kHalf>(words[j] & 0xFFFFu), inv);
+    const float y1 = mul_rn(to_f32<kHalf>(words[j] >> 16), inv);
+    const E2m1 r0 = e2m1_round(y0), r1 = e2m1_round(y1);
+    if constexpr (kPacked) {  // 8 magnitude indices per word; funnel shifts push earlier ones down
+      uint32_t& c = codes[j / 4];
+      c = __funnelshift_r(c, r0.t, 4);
+      c = __funnelshift_r(c, r1.t, 4);
+    }
+    if constexpr (kFp8) {  // (e2m1 value with y's sign) * s_blk: an E4M3 number
+      const float v0 = mul_rn(as_float(as_bits(r0.magnitude) | (as_bits(y0) & 0x80000000u)), scale);
+      const float v1 = mul_rn(as_float(as_bits(r1.magnitude) | (as_bits(y1) & 0x80000000u)), scale);
+      fp8[j] = e4m3x2(v0, v1);
+    }
+  }
+  if constexpr (kPacked) {  // y = x * inv keeps x's sign: the sign bits come from x's words
+    reinterpret_cast<uint2*>(p.data + row * (p.K / 2))[b] =
+        make_uint2(codes[0] | sign_nibbles(words[0], words[1], words[2], words[3]),
+                   codes[1] | sign_nibbles(words[4], words[5], words[6], words[7]));
+    const int blocks = p.K / 16;
+    const int64_t off = p.blocked ? blocked_offset(row, b, (blocks + 3) / 4) : row * blocks + b;
+    p.scales[off] = static_cast<uint8_t>(e4m3x2(scale, 0.0f) & 0xFFu);
+  }
+  if constexpr (kFp8) {
+    reinterpret_cast<uint4*>(p.fp8 + row * p.K)[b] =
+        make_uint4(fp8[0] | (fp8[1] << 16), fp8[2] | (fp8[3] << 16),
+                   fp8[4] | (fp8[5] << 16), fp8[6] | (fp8[7] << 16));
+  }
 }
 
 // One row per CTA, or rows sharing warps; scales stored byte by byte.
