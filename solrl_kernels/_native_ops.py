@@ -24,9 +24,9 @@ Ops (schemas in csrc/ops.cpp):
     The same with a forced tile configuration (0: 128x128x128 cooperative with a 1x2 cluster,
     1: 64x128x128 ping-pong, 2: 128x192x128 cooperative with a 1x2 cluster, 3: 64x192x128
     ping-pong with a 1x2 cluster, slower than 0 and 2 on the H200; -1: the heuristic),
-    tile-scheduler swizzle (0: default, 1/2/4/8) and raster order (0: CUTLASS's heuristic, 1: along M, 2: along N), and wgmma k-blocks
-    between fp32 promotions (a multiple of 4) -- for benchmarks and tuning
-    (bench/gemm_schedule_sweep.py).
+    tile-scheduler swizzle (0: default, 1/2/4/8) and raster order (0: CUTLASS's heuristic,
+    1: along M, 2: along N), and wgmma k-blocks between fp32 promotions (a multiple of 4) --
+    for benchmarks and tuning (bench/gemm_schedule_sweep.py).
 
 ``torch.ops.solrl_kernels.nvfp4_gemm_sm100(a_data, a_scales_blocked, b_data, b_scales_blocked, alpha, bias, out_dtype)``
     Blackwell (sm_100a) block-scaled NVFP4 GEMM::
