@@ -16,8 +16,9 @@ error it adds on top of the bf16 output rounding (acc_err), plus a K = 15360 sha
 every tile config x raster order at the default swizzle and promotion, each output compared
 bit for bit against the default tile's (same k-order of the accumulation). "baselines": the
 op's default schedule against the other ways torch runs an FP8 GEMM on pre-quantized inputs:
-per-tensor scales (on sm_90 torch sends those to cuBLASLt), without and with fast
-accumulation; the kernel each one launches is printed once (torch.profiler).
+per-tensor scales, without and with fast accumulation (with torch 2.11 + CUDA 13 on the H200
+all three, row-wise included, are cuBLAS nvjet kernels); the kernel each one launches is
+printed once (torch.profiler).
 GPU time by CUDA-graph replay. Prints one line per shape and the geometric mean of each
 configuration over all shapes (ratio to cuBLAS FP8). Nothing goes to results.json: the
 configuration the op then uses is measured by the benchmarks.
@@ -71,6 +72,21 @@ def _operands(M: int, K: int, N: int):
     return a, w, sa, sw
 
 
+def _cublas_fp8(a, w, sa, sw) -> dict:
+    """torch._scaled_mm on the pre-quantized operands, bf16 out: row-wise scales (the baseline
+    of every sweep) first, then per-tensor scales without and with fast accumulation."""
+    one = torch.ones((), device="cuda")
+    bf16 = torch.bfloat16
+    return {
+        "cuBLAS row-wise": lambda: torch._scaled_mm(a, w.T, scale_a=sa[:, None],
+                                                    scale_b=sw[None, :], out_dtype=bf16),
+        "cuBLAS per-tensor": lambda: torch._scaled_mm(a, w.T, scale_a=one, scale_b=one,
+                                                      out_dtype=bf16),
+        "cuBLAS per-tensor fast-acc": lambda: torch._scaled_mm(
+            a, w.T, scale_a=one, scale_b=one, out_dtype=bf16, use_fast_accum=True),
+    }
+
+
 def sweep_shape(M: int, K: int, N: int, what: str, tile: int = 0) -> dict[str, float]:
     """TFLOP/s of cuBLAS FP8 ("cublas8") and of each config ("tile/swizzle/raster/promotion");
     "err <config>": the accumulation error of each promotion interval (what="promotion")."""
@@ -78,13 +94,10 @@ def sweep_shape(M: int, K: int, N: int, what: str, tile: int = 0) -> dict[str, f
     a, w, sa, sw = _operands(M, K, N)
     bf16 = torch.bfloat16
     tf = lambda ms: 2.0 * M * N * K / (ms * 1e-3) / 1e12  # noqa: E731
-    res = {"cublas8": tf(gpu_ms(lambda: torch._scaled_mm(
-        a, w.T, scale_a=sa[:, None], scale_b=sw[None, :], out_dtype=bf16), 20)[0])}
+    res = {"cublas8": tf(gpu_ms(_cublas_fp8(a, w, sa, sw)["cuBLAS row-wise"], 20)[0])}
     if what == "baselines":
-        one = torch.ones((), device="cuda")
-        for key, fast in (("cublasLt per-tensor", False), ("cublasLt per-tensor fast-acc", True)):
-            res[key] = tf(gpu_ms(lambda fast=fast: torch._scaled_mm(
-                a, w.T, scale_a=one, scale_b=one, out_dtype=bf16, use_fast_accum=fast), 20)[0])
+        for key, fn in list(_cublas_fp8(a, w, sa, sw).items())[1:]:
+            res[key] = tf(gpu_ms(fn, 20)[0])
         res["ours default"] = tf(gpu_ms(lambda: torch.ops.solrl_kernels.fp8_gemm_sm90(
             a, w, sa, sw, None, "none", bf16), 20)[0])
         return res
@@ -109,18 +122,8 @@ def sweep_shape(M: int, K: int, N: int, what: str, tile: int = 0) -> dict[str, f
 
 
 def print_kernels(M: int = 4096, K: int = 3072, N: int = 3072) -> None:
-    """The CUDA kernels each FP8 GEMM of the "baselines" sweep launches (one call each)."""
-    a, w, sa, sw = _operands(M, K, N)
-    one = torch.ones((), device="cuda")
-    calls = {
-        "_scaled_mm rowwise": lambda: torch._scaled_mm(a, w.T, scale_a=sa[:, None],
-                                                       scale_b=sw[None, :], out_dtype=torch.bfloat16),
-        "_scaled_mm per-tensor": lambda: torch._scaled_mm(a, w.T, scale_a=one, scale_b=one,
-                                                          out_dtype=torch.bfloat16),
-        "_scaled_mm per-tensor fast-acc": lambda: torch._scaled_mm(
-            a, w.T, scale_a=one, scale_b=one, out_dtype=torch.bfloat16, use_fast_accum=True),
-    }
-    for name, fn in calls.items():
+    """The CUDA kernels each cuBLAS FP8 GEMM of the "baselines" sweep launches (one call each)."""
+    for name, fn in _cublas_fp8(*_operands(M, K, N)).items():
         fn()
         torch.cuda.synchronize()
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
@@ -137,7 +140,7 @@ def main() -> None:
                     default="schedules",
                     help="schedules: tile x swizzle x raster; promotion: fp32 promotion intervals "
                     f"{PROMOTIONS} at the default schedule, with their accumulation error; "
-                    "tiles: tile x raster; baselines: the op against per-tensor cuBLASLt")
+                    "tiles: tile x raster; baselines: the op against per-tensor cuBLAS")
     ap.add_argument("--tile", type=int, choices=sorted(TILES), default=0,
                     help="the tile of the promotion sweep")
     args = ap.parse_args()
