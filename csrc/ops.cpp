@@ -36,6 +36,8 @@ namespace solrl {
 namespace {
 
 constexpr int kNumFp8TilesSm90 = 4;
+static_assert(static_cast<int>(Fp8TileSm90::k64x192_c1x2_pingpong) == kNumFp8TilesSm90 - 1,
+              "a new tile needs its row in fp8_gemm_sm90_impl's launcher table");
 
 // ------------------------------------------------------------------------------ shared checks
 // Numbers in messages go through std::to_string, never through an ostream: an extension linked
@@ -268,23 +270,15 @@ at::Tensor fp8_gemm_sm90_impl(const at::Tensor& a, const at::Tensor& b, const at
   }
   TorchWorkspace ws_ctx{a.options().dtype(at::kByte), {}};
   WorkspaceAllocator ws{&TorchWorkspace::alloc, &ws_ctx};
-  const bool bf16 = odt == OutDtype::kBF16;
-  switch (cfg) {
-    case Fp8TileSm90::k128x128_c1x2_coop:
-      bf16 ? fp8_gemm_sm90_128x128_c1x2_coop_bf16(p, ws) : fp8_gemm_sm90_128x128_c1x2_coop_fp16(p, ws);
-      break;
-    case Fp8TileSm90::k64x128_c1x1_pingpong:
-      bf16 ? fp8_gemm_sm90_64x128_c1x1_pingpong_bf16(p, ws)
-           : fp8_gemm_sm90_64x128_c1x1_pingpong_fp16(p, ws);
-      break;
-    case Fp8TileSm90::k128x192_c1x2_coop:
-      bf16 ? fp8_gemm_sm90_128x192_c1x2_coop_bf16(p, ws) : fp8_gemm_sm90_128x192_c1x2_coop_fp16(p, ws);
-      break;
-    case Fp8TileSm90::k64x192_c1x2_pingpong:
-      bf16 ? fp8_gemm_sm90_64x192_c1x2_pingpong_bf16(p, ws)
-           : fp8_gemm_sm90_64x192_c1x2_pingpong_fp16(p, ws);
-      break;
-  }
+  // one launcher per (tile, output dtype), in Fp8TileSm90 order
+  using Launcher = void (*)(const Fp8GemmSm90Params&, const WorkspaceAllocator&);
+  static constexpr Launcher kLaunchers[kNumFp8TilesSm90][2] = {
+      {fp8_gemm_sm90_128x128_c1x2_coop_bf16, fp8_gemm_sm90_128x128_c1x2_coop_fp16},
+      {fp8_gemm_sm90_64x128_c1x1_pingpong_bf16, fp8_gemm_sm90_64x128_c1x1_pingpong_fp16},
+      {fp8_gemm_sm90_128x192_c1x2_coop_bf16, fp8_gemm_sm90_128x192_c1x2_coop_fp16},
+      {fp8_gemm_sm90_64x192_c1x2_pingpong_bf16, fp8_gemm_sm90_64x192_c1x2_pingpong_fp16},
+  };
+  kLaunchers[static_cast<int>(cfg)][odt == OutDtype::kBF16 ? 0 : 1](p, ws);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 #endif
