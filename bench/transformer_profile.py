@@ -2,6 +2,9 @@
 
     python bench/transformer_profile.py [--batch 1] [--modes bf16,nvfp4,nvfp4+attn-fp8] [--compile]
 
+Mode "nvfp4+unfused-gelu": NVFP4 linears with fuse_activations=False, so the feed-forward
+GELU runs as a torch op instead of in the GEMM epilogue (its cost: bench/RESULTS.md §7g).
+
 Builds the model of bench/test_bench_transformer.py (FLUX.1-dev widths, 2 double + 4 single
 blocks, 1024 px), runs a few eager forwards under torch.profiler and groups the CUDA kernels
 by what they do (GEMM, our quantization, attention, the rest: norms, modulation, RoPE, GELU,
@@ -24,7 +27,10 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from test_bench_transformer import MODES, flux1_dev, on_gpu  # noqa: E402
 
-from solrl_kernels.nn import rollout_mode  # noqa: E402
+from solrl_kernels.nn import QuantizeConfig, rollout_mode  # noqa: E402
+
+PROFILE_MODES = {**MODES, "nvfp4+unfused-gelu": dict(
+    linear="nvfp4", config=QuantizeConfig(fuse_activations=False))}
 
 # first match wins; matched against the kernel name
 CATEGORIES = [
@@ -93,7 +99,7 @@ def main() -> None:
         if mode == "bf16":
             per_cat, kernels = run(model)
         else:
-            with rollout_mode(model, **MODES[mode]):
+            with rollout_mode(model, **PROFILE_MODES[mode]):
                 per_cat, kernels = run(model)
         total = sum(per_cat.values())
         print(f"\n[{mode}] total {total:.2f} ms")
