@@ -4,6 +4,8 @@
 
 Mode "nvfp4+unfused-gelu": NVFP4 linears with fuse_activations=False, so the feed-forward
 GELU runs as a torch op instead of in the GEMM epilogue (its cost: bench/RESULTS.md §7g).
+A mode with the suffix "+cat" (e.g. nvfp4+cat) keeps FLUX's single-stream blocks as diffusers
+wrote them (proj_out's input concatenated, GELU by torch), for comparison with flux_single.py.
 
 Builds the model of bench/test_bench_transformer.py (FLUX.1-dev widths, 2 double + 4 single
 blocks, 1024 px), runs a few eager forwards under torch.profiler and groups the CUDA kernels
@@ -17,17 +19,19 @@ is left once the element-wise ops are fused.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
 from collections import defaultdict
+from unittest import mock
 
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_bench_transformer import MODES, flux1_dev, on_gpu  # noqa: E402
 
-from solrl_kernels.nn import QuantizeConfig, rollout_mode  # noqa: E402
+from solrl_kernels.nn import QuantizeConfig, rollout_mode, swap  # noqa: E402
 
 PROFILE_MODES = {**MODES, "nvfp4+unfused-gelu": dict(
     linear="nvfp4", config=QuantizeConfig(fuse_activations=False))}
@@ -99,7 +103,10 @@ def main() -> None:
         if mode == "bf16":
             per_cat, kernels = run(model)
         else:
-            with rollout_mode(model, **PROFILE_MODES[mode]):
+            keep_cat = mode.endswith("+cat")
+            no_fusion = mock.patch.object(swap, "fuse_single_blocks", lambda m: ([], lambda: None))
+            with no_fusion if keep_cat else contextlib.nullcontext(), \
+                    rollout_mode(model, **PROFILE_MODES[mode.removesuffix("+cat")]):
                 per_cat, kernels = run(model)
         total = sum(per_cat.values())
         print(f"\n[{mode}] total {total:.2f} ms")

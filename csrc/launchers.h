@@ -104,6 +104,15 @@ struct Nvfp4QuantizeParams {
   int64_t ld_x;             // row stride of x in elements (a multiple of 8)
   int64_t R;
   int K;                    // K % 16 == 0, K <= kNvfp4QuantizeRowsMaxK
+  // Rows of cat([x, x_tail], dim=1): columns [0, K_head) from x, [K_head, K) from x_tail
+  // (same dtype, layout rules and rows as x); x_tail == nullptr: K_head == K.
+  const void* x_tail;
+  int64_t ld_x_tail;
+  int K_head;               // a multiple of 16
+  // GELU (tanh approximation, torch's formula in fp32, rounded back to x's dtype) applied to
+  // columns [act_start, K) before quantizing (act_gelu); act_start a multiple of 16.
+  bool act_gelu;
+  int act_start;
   bool fp16;                // x is fp16 (else bf16)
   bool fp8_exact;           // scale rule "fp8_exact" (else "rn")
   const float* gs_in;       // given decode scales: R (gs_per_row) or 1 values; nullptr: computed

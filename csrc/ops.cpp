@@ -379,20 +379,43 @@ at::Tensor nvfp4_gemm_sm100(const at::Tensor& a_data, const at::Tensor& a_scales
 //     gs (R,) fp32 when computed, fp8 (R, K) float8_e4m3fn); outputs not asked for are empty.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nvfp4_quantize_rows(
     const at::Tensor& x, const std::optional<at::Tensor>& global_scale, bool fp8_exact,
-    bool blocked, bool write_packed, bool write_fp8) {
+    bool blocked, bool write_packed, bool write_fp8, const std::optional<at::Tensor>& x_tail,
+    c10::string_view activation, int64_t activation_start) {
   constexpr const char* op = "nvfp4_quantize_rows";
   TORCH_CHECK_TYPE(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf, op,
                    ": x must be bfloat16 or float16, got ", x.scalar_type());
   TORCH_CHECK_VALUE(x.dim() == 2, op, ": x must be 2-D (R, K), got shape ", shape_str(x));
-  const int64_t R = x.size(0), K = x.size(1);
+  const int64_t R = x.size(0), K_head = x.size(1);
+  auto check_rows = [&](const at::Tensor& t, const char* name) {
+    TORCH_CHECK_VALUE(t.size(1) <= 1 || t.stride(1) == 1, op, ": ", name,
+                      " must have unit last stride, got strides ", dims_str(t.strides()));
+    TORCH_CHECK_VALUE(t.size(0) <= 1 || t.stride(0) % 8 == 0, op, ": ", name,
+                      "'s row stride must be a multiple of 8 elements (16-byte rows), got ",
+                      num(t.stride(0)));
+  };
+  check_rows(x, "x");
+  if (x_tail) {
+    TORCH_CHECK_TYPE(x_tail->scalar_type() == x.scalar_type(), op, ": x_tail must have x's dtype (",
+                     x.scalar_type(), "), got ", x_tail->scalar_type());
+    TORCH_CHECK_VALUE(x_tail->dim() == 2 && x_tail->size(0) == R, op,
+                      ": x_tail must be 2-D with x's ", num(R), " rows, got shape ",
+                      shape_str(*x_tail));
+    TORCH_CHECK_VALUE(K_head % 16 == 0, op,
+                      ": with x_tail, x's K must be a multiple of 16, got K=", num(K_head));
+    check_rows(*x_tail, "x_tail");
+    check_same_device({{"x", &x}, {"x_tail", &*x_tail}}, op);
+    check_aligned16(*x_tail, op, "x_tail");
+  }
+  const int64_t K = K_head + (x_tail ? x_tail->size(1) : 0);
   TORCH_CHECK_VALUE(K % 16 == 0 && K <= kNvfp4QuantizeRowsMaxK, op,
                     ": K must be a multiple of 16 up to ", num(kNvfp4QuantizeRowsMaxK), ", got K=",
                     num(K));
-  TORCH_CHECK_VALUE(K <= 1 || x.stride(1) == 1, op, ": x must have unit last stride, got strides ",
-                    dims_str(x.strides()));
-  TORCH_CHECK_VALUE(R <= 1 || x.stride(0) % 8 == 0, op,
-                    ": x's row stride must be a multiple of 8 elements (16-byte rows), got ",
-                    num(x.stride(0)));
+  TORCH_CHECK_VALUE(activation == "none" || activation == "gelu_tanh", op,
+                    ": activation must be 'none' or 'gelu_tanh', got '", std::string(activation),
+                    "'");
+  TORCH_CHECK_VALUE(activation_start >= 0 && activation_start <= K && activation_start % 16 == 0,
+                    op, ": activation_start must be a multiple of 16 in [0, K=", num(K), "], got ",
+                    num(activation_start));
   TORCH_CHECK_VALUE(write_packed || write_fp8, op, ": nothing to write (write_packed and write_fp8 "
                     "are both false)");
   TORCH_CHECK_VALUE(fp8_exact || !write_fp8, op,
@@ -426,9 +449,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nvfp4_quantize_rows(
   if (R == 0 || K == 0) return {data, scales, gs.fill_(1.0f), fp8};
   Nvfp4QuantizeParams p{};
   p.x = x.data_ptr();
-  p.ld_x = R > 1 ? x.stride(0) : K;
+  p.ld_x = R > 1 ? x.stride(0) : K_head;
   p.R = R;
   p.K = static_cast<int>(K);
+  p.K_head = static_cast<int>(K_head);
+  p.act_gelu = activation == "gelu_tanh";
+  p.act_start = static_cast<int>(activation_start);
+  if (x_tail) {
+    p.x_tail = x_tail->data_ptr();
+    p.ld_x_tail = R > 1 ? x_tail->stride(0) : x_tail->size(1);
+  }
   p.fp16 = x.scalar_type() == at::kHalf;
   p.fp8_exact = fp8_exact;
   at::Tensor gs_in;
@@ -489,7 +519,8 @@ TORCH_LIBRARY(solrl_kernels, m) {
       "Tensor b_scales_blocked, Tensor alpha, Tensor? bias, ScalarType out_dtype) -> Tensor");
   m.def(
       "nvfp4_quantize_rows(Tensor x, Tensor? global_scale, bool fp8_exact, bool blocked, "
-      "bool write_packed, bool write_fp8) -> (Tensor, Tensor, Tensor, Tensor)");
+      "bool write_packed, bool write_fp8, Tensor? x_tail=None, str activation=\"none\", "
+      "int activation_start=0) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("compiled_archs() -> str[]", &solrl::compiled_archs);
   m.def("stream_capture_id(int device) -> int", &solrl::stream_capture_id);
 }

@@ -39,7 +39,7 @@ Ops (schemas in csrc/ops.cpp):
     element (global_scale_a * global_scale_b). Compiled but never run on hardware here (no
     sm_100 GPU in this project).
 
-``torch.ops.solrl_kernels.nvfp4_quantize_rows(x, global_scale, fp8_exact, blocked, write_packed, write_fp8)``
+``torch.ops.solrl_kernels.nvfp4_quantize_rows(x, global_scale, fp8_exact, blocked, write_packed, write_fp8, x_tail=None, activation="none", activation_start=0)``
     Hopper (sm_90a) NVFP4 quantization of bf16/fp16 rows, bit-exact with
     :mod:`solrl_kernels.nvfp4.reference` (rules "rn" / "fp8_exact", no scale search); each row
     is loaded once into registers, so a per-row global scale costs no second read::
@@ -51,7 +51,12 @@ Ops (schemas in csrc/ops.cpp):
     K % 16 == 0, K <= 32768. global_scale: fp32 decode scale(s), R (per row) or 1 (per tensor)
     elements, or None: computed per row (amax / (6 * S_MAX)) and returned as gs. Outputs not
     asked for (write_packed: data + scales; write_fp8: the E4M3 container, fp8_exact only; gs
-    when a scale is given) are empty tensors.
+    when a scale is given) are empty tensors. x_tail: (R, K2), x's dtype and layout rules, or
+    None: the rows quantized are those of cat([x, x_tail], 1) (x's K then a multiple of 16),
+    read from the two tensors without materializing the concatenation. activation "gelu_tanh":
+    columns [activation_start, K) of those rows (activation_start a multiple of 16) go through
+    torch's tanh-approximated GELU in fp32, with the hardware tanh (tanh.approx.f32), rounded
+    back to x's dtype, before quantization; "none": as read.
 
 ``torch.ops.solrl_kernels.compiled_archs() -> list[str]``
     Kernel families in this build: a subset of ["sm90a", "sm100a"] (read it through
@@ -190,22 +195,42 @@ def _nvfp4_gemm_sm100_fake(a_data, a_scales_blocked, b_data, b_scales_blocked, a
 
 
 def check_nvfp4_quantize_rows_args(x, global_scale, fp8_exact, blocked, write_packed,
-                                   write_fp8) -> tuple[int, int]:
-    """The checks of csrc/ops.cpp's nvfp4_quantize_rows; returns (R, K)."""
+                                   write_fp8, x_tail=None, activation="none",
+                                   activation_start=0) -> tuple[int, int]:
+    """The checks of csrc/ops.cpp's nvfp4_quantize_rows; returns (R, K) of cat([x, x_tail], 1)."""
     op = "nvfp4_quantize_rows"
     if x.dtype not in (torch.bfloat16, torch.float16):
         raise TypeError(f"{op}: x must be bfloat16 or float16, got {x.dtype}")
     if x.dim() != 2:
         raise ValueError(f"{op}: x must be 2-D (R, K), got shape {tuple(x.shape)}")
     R, K = x.shape
+
+    def check_rows(t, name):
+        if t.shape[1] > 1 and t.stride(1) != 1:
+            raise ValueError(f"{op}: {name} must have unit last stride, got strides {t.stride()}")
+        if t.shape[0] > 1 and t.stride(0) % 8:
+            raise ValueError(f"{op}: {name}'s row stride must be a multiple of 8 elements "
+                             f"(16-byte rows), got {t.stride(0)}")
+
+    check_rows(x, "x")
+    if x_tail is not None:
+        if x_tail.dtype != x.dtype:
+            raise TypeError(f"{op}: x_tail must have x's dtype ({x.dtype}), got {x_tail.dtype}")
+        if x_tail.dim() != 2 or x_tail.shape[0] != R:
+            raise ValueError(f"{op}: x_tail must be 2-D with x's {R} rows, got shape "
+                             f"{tuple(x_tail.shape)}")
+        if K % 16:
+            raise ValueError(f"{op}: with x_tail, x's K must be a multiple of 16, got K={K}")
+        check_rows(x_tail, "x_tail")
+        K += x_tail.shape[1]
     if K % 16 or K > NVFP4_QUANTIZE_ROWS_MAX_K:
         raise ValueError(f"{op}: K must be a multiple of 16 up to {NVFP4_QUANTIZE_ROWS_MAX_K}, "
                          f"got K={K}")
-    if K > 1 and x.stride(1) != 1:
-        raise ValueError(f"{op}: x must have unit last stride, got strides {x.stride()}")
-    if R > 1 and x.stride(0) % 8:
-        raise ValueError(f"{op}: x's row stride must be a multiple of 8 elements (16-byte rows), "
-                         f"got {x.stride(0)}")
+    if activation not in ("none", "gelu_tanh"):
+        raise ValueError(f"{op}: activation must be 'none' or 'gelu_tanh', got '{activation}'")
+    if not (0 <= activation_start <= K and activation_start % 16 == 0):
+        raise ValueError(f"{op}: activation_start must be a multiple of 16 in [0, K={K}], got "
+                         f"{activation_start}")
     if not (write_packed or write_fp8):
         raise ValueError(f"{op}: nothing to write (write_packed and write_fp8 are both false)")
     if write_fp8 and not fp8_exact:
@@ -218,9 +243,10 @@ def check_nvfp4_quantize_rows_args(x, global_scale, fp8_exact, blocked, write_pa
 
 
 @torch.library.register_fake("solrl_kernels::nvfp4_quantize_rows")
-def _nvfp4_quantize_rows_fake(x, global_scale, fp8_exact, blocked, write_packed, write_fp8):
+def _nvfp4_quantize_rows_fake(x, global_scale, fp8_exact, blocked, write_packed, write_fp8,
+                              x_tail=None, activation="none", activation_start=0):
     R, K = check_nvfp4_quantize_rows_args(x, global_scale, fp8_exact, blocked, write_packed,
-                                          write_fp8)
+                                          write_fp8, x_tail, activation, activation_start)
     u8 = torch.uint8
     data = x.new_empty((R, K // 2) if write_packed else (0,), dtype=u8)
     if not write_packed:

@@ -230,6 +230,26 @@ def test_nvfp4_linear_triton_backend_interpreted(storage):
     assert relative_error(out, ref) < 1e-6
 
 
+@pytest.mark.parametrize("backend", ["emulated", "triton"])
+@pytest.mark.parametrize("storage", ["fp8", "packed"])
+def test_nvfp4_linear_x_tail_is_the_concatenation(backend, storage):
+    """x_tail: the layer of cat([x, x_tail], -1), bit for bit (the CUDA quantizer reading both
+    in place is checked on the GPU; these paths concatenate)."""
+    gen = torch.Generator().manual_seed(11)
+    x = awkward_rows(12, 96, gen).to(torch.bfloat16).reshape(2, 6, 96)
+    tail = torch.randn(2, 6, 32, generator=gen).to(torch.bfloat16) * 40
+    w = prepare_weight(torch.randn(24, 128, generator=gen), storage=storage)
+    bias = torch.randn(24, generator=gen)
+    want = nvfp4_linear(torch.cat([x, tail], -1), w, bias, activation="gelu_tanh",
+                        backend=backend)
+    got = nvfp4_linear(x, w, bias, activation="gelu_tanh", backend=backend, x_tail=tail)
+    assert got.shape == (2, 6, 24) and torch.equal(got, want)
+    gelu_tail = torch.nn.functional.gelu(tail, approximate="tanh")
+    want = nvfp4_linear(torch.cat([x, gelu_tail], -1), w, bias, backend=backend)
+    got = nvfp4_linear(x, w, bias, backend=backend, x_tail=tail, x_tail_activation="gelu_tanh")
+    assert torch.equal(got, want)
+
+
 # ------------------------------------------------------------------------------- errors
 def test_bad_inputs_raise_clear_errors():
     gen = torch.Generator().manual_seed(8)
@@ -247,6 +267,14 @@ def test_bad_inputs_raise_clear_errors():
         nvfp4_linear(x, w, activation="relu")
     with pytest.raises(ValueError, match="backend must be one of"):
         nvfp4_linear(x, w, backend="cutlass")
+    with pytest.raises(ValueError, match=r"K1 \+ K2 = 64, got \(4, 48\) and \(4, 32\)"):
+        nvfp4_linear(x[:, :48], w, x_tail=torch.randn(4, 32))
+    with pytest.raises(ValueError, match=r"K1 \+ K2 = 64"):
+        nvfp4_linear(x[:, :48], w, x_tail=torch.randn(3, 16))
+    with pytest.raises(TypeError, match="x_tail must be a tensor of x's dtype"):
+        nvfp4_linear(x[:, :48], w, x_tail=torch.randn(4, 16).half())
+    with pytest.raises(ValueError, match="x_tail_activation must be 'none' or 'gelu_tanh'"):
+        nvfp4_linear(x[:, :48], w, x_tail=torch.randn(4, 16), x_tail_activation="silu")
     rn = prepare_weight(torch.randn(32, 64, generator=gen), storage="packed", scale_rule="rn")
     with pytest.raises(ValueError, match="need scale_rule='fp8_exact'"):
         nvfp4_linear(x, rn, backend="triton")
@@ -386,6 +414,25 @@ def test_gpu_backends_vs_float64(M, N, K, storage):
           + ", ".join(f"{k} {e:.2e}" for k, (e, _) in errs.items()))
     for name, (e, bound) in errs.items():
         assert e <= bound, f"{name}: relative error {e:.3e} > {bound:.3e}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("storage", ["fp8", "packed"])
+def test_gpu_x_tail_bit_exact(storage):
+    """FLUX single-stream proj_out's input (3072 + 12288 columns) read in place by the CUDA
+    quantizer: the same bits as the layer on the concatenation, for every GPU backend."""
+    x, w_dense, bias = _gpu_operands(300, 512, 3072 + 12288, seed=3)
+    head, tail = x[:, :3072].clone(), x[:, 3072:].clone()
+    w = prepare_weight(w_dense, storage=storage)
+    for name in _backends_here(storage):
+        want = nvfp4_linear(x, w, bias, backend=name)
+        got = nvfp4_linear(head, w, bias, backend=name, x_tail=tail)
+        assert torch.equal(got, want), name
+    # GELU applied by the quantizer (hardware tanh) against torch's GELU, then concatenation
+    gelu_x = torch.cat([head, torch.nn.functional.gelu(tail, approximate="tanh")], 1)
+    ref = nvfp4_linear(gelu_x, w, bias, backend="emulated", out_dtype=torch.float32)
+    got = nvfp4_linear(head, w, bias, x_tail=tail, x_tail_activation="gelu_tanh")
+    assert relative_error(got, ref) < relative_error(ref.to(torch.bfloat16), ref) + 1e-3
 
 
 @pytest.mark.gpu

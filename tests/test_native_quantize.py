@@ -57,7 +57,8 @@ needs_cuda_quantizer = pytest.mark.skipif(
 def test_schema():
     assert str(op().default._schema) == (
         "solrl_kernels::nvfp4_quantize_rows(Tensor x, Tensor? global_scale, bool fp8_exact, "
-        "bool blocked, bool write_packed, bool write_fp8) -> (Tensor, Tensor, Tensor, Tensor)")
+        "bool blocked, bool write_packed, bool write_fp8, Tensor? x_tail=None, "
+        "str activation=\"none\", int activation_start=0) -> (Tensor, Tensor, Tensor, Tensor)")
 
 
 @needs_native
@@ -71,6 +72,9 @@ def test_fake_shapes():
         assert fp8.shape == (10, 64) and fp8.dtype == torch.float8_e4m3fn
         data, scales, gs, fp8 = op()(x.half(), torch.ones(1), False, True, True, False)
         assert scales.shape == (blocked_numel(10, 4),) and gs.shape == (0,) and fp8.shape == (0,)
+        tail = torch.empty(10, 48, dtype=torch.bfloat16)
+        data, scales, gs, fp8 = op()(x, None, True, False, True, True, tail)
+        assert data.shape == (10, 56) and scales.shape == (10, 7) and fp8.shape == (10, 112)
 
 
 def _bad_cases():
@@ -93,6 +97,21 @@ def _bad_cases():
         pytest.param(dict(global_scale=torch.ones(3)), ValueError, r"8 elements", id="gs-numel"),
         pytest.param(dict(global_scale=torch.ones(8).half()), TypeError, "float32|Float",
                      id="gs-dtype"),
+        pytest.param(dict(x_tail=x.half()), TypeError, "x_tail must have x's dtype",
+                     id="tail-dtype"),
+        pytest.param(dict(x_tail=x[:4]), ValueError, "x's 8 rows", id="tail-rows"),
+        pytest.param(dict(x_tail=x[:, :1, None]), ValueError, "x's 8 rows", id="tail-3d"),
+        pytest.param(dict(x=torch.randn(8, 24, dtype=torch.bfloat16), x_tail=x[:, :8]),
+                     ValueError, "x's K must be a multiple of 16", id="head-k-mod-16"),
+        pytest.param(dict(x_tail=torch.randn(8, 68, dtype=torch.bfloat16)[:, :64]), ValueError,
+                     "x_tail's row stride", id="tail-row-stride"),
+        pytest.param(dict(x_tail=torch.randn(8, 32760, dtype=torch.bfloat16)[:, :32720]),
+                     ValueError, "up to 32768", id="cat-too-long"),
+        pytest.param(dict(activation="silu"), ValueError, "'none' or 'gelu_tanh'", id="act"),
+        pytest.param(dict(activation="gelu_tanh", activation_start=8), ValueError,
+                     r"multiple of 16 in \[0, K=64\], got 8", id="act-start-mod-16"),
+        pytest.param(dict(activation="gelu_tanh", activation_start=80), ValueError,
+                     "activation_start must be", id="act-start-past-k"),
     ]
 
 
@@ -101,7 +120,8 @@ def _bad_cases():
 @pytest.mark.parametrize("impl", ["cpp", "fake"])
 def test_bad_inputs(kw, exc, match, impl):
     args = dict(x=torch.randn(8, 64, dtype=torch.bfloat16), global_scale=None, fp8_exact=True,
-                blocked=False, write_packed=True, write_fp8=True)
+                blocked=False, write_packed=True, write_fp8=True, x_tail=None,
+                activation="none", activation_start=0)
     args.update(kw)
     with pytest.raises(exc, match=match):
         if impl == "fake":
@@ -365,6 +385,58 @@ def test_gpu_opcheck_and_compile():
 
     v, gs = ref.to_fp8_container(ref.quantize(x.cpu(), "fp8_exact", granularity="row"))
     assert torch.equal(f(x).cpu(), v.float() * gs)
+
+
+@pytest.mark.gpu
+@needs_native
+@needs_cuda_quantizer
+@pytest.mark.parametrize("R, K1, K2", [(1, 16, 16), (37, 3072, 12288), (300, 64, 1040),
+                                       (129, 2240, 5600), (5, 8192, 24576)])
+def test_gpu_concatenated_rows_bit_exact(R, K1, K2):
+    """x_tail: the rows of cat([x, x_tail], 1), read from both in place (row-strided views,
+    a zero row and huge / tiny magnitudes among them) == the kernel on the concatenation ==
+    the reference; and quantize_to_fp8(x, x_tail=...) routes there."""
+    x = _awkward(R, K1 + 16, torch.bfloat16, seed=R + K1).cuda()[:, 8:8 + K1]
+    tail = _awkward(R, K2, torch.bfloat16, seed=K2).cuda()
+    if R > 2:
+        tail[1] *= 1e-30
+        x[2].zero_()
+        tail[2].zero_()
+    both = torch.cat([x, tail], 1)
+    got = op()(x, None, True, False, True, True, tail)
+    want = op()(both, None, True, False, True, True)
+    for g, w in zip(got, want):
+        assert torch.equal(g.view(torch.uint8) if g.dtype == torch.float8_e4m3fn else g,
+                           w.view(torch.uint8) if w.dtype == torch.float8_e4m3fn else w)
+    v, gs = nvfp4.quantize_to_fp8(x, x_tail=tail)
+    assert_same_fp8_container(
+        v, gs, *ref.to_fp8_container(ref.quantize(both.cpu(), "fp8_exact", granularity="row")))
+
+
+@pytest.mark.gpu
+@needs_native
+@needs_cuda_quantizer
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_gpu_activation_on_read_matches_torch_gelu(dtype):
+    """activation="gelu_tanh" from activation_start on: GELU with the hardware tanh, as the
+    quantizer reads, against torch's GELU then the same quantizer. The GELU'd values may differ
+    in their last place, so a few E4M3 values (and scales of rows whose amax moved) may differ
+    by a step; nothing else."""
+    x = (torch.randn(257, 3072 + 12288, device="cuda") * 2).to(dtype)
+    x[3, 3072:] = 0
+    start = 3072
+    got_v = op()(x, None, True, False, False, True, None, "gelu_tanh", start)[3]
+    ref_x = torch.cat([x[:, :start], torch.nn.functional.gelu(x[:, start:], approximate="tanh")], 1)
+    want_v = op()(ref_x, None, True, False, False, True)[3]
+    assert torch.equal(got_v[:, :start].view(torch.uint8)[3], want_v[:, :start].view(torch.uint8)[3])
+    differ = (got_v.float() != want_v.float()).float().mean().item()
+    assert differ < 2e-3, differ
+    rel = ((got_v.float() - want_v.float()).norm() / want_v.float().norm()).item()
+    assert rel < 2e-3, rel
+    # the tail form: cat([x, gelu(x_tail)]) through x_tail + activation_start = x's width
+    head, tail = x[:, :start].contiguous(), x[:, start:].contiguous()
+    tail_v = op()(head, None, True, False, False, True, tail, "gelu_tanh", start)[3]
+    assert torch.equal(tail_v.view(torch.uint8), got_v.view(torch.uint8))
 
 
 # ------------------------------------------------ the CUDA kernel's division-free arithmetic

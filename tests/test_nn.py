@@ -260,6 +260,51 @@ def test_gelu_fusion_and_conv_swaps():
 
 
 @needs_diffusers
+def test_flux_single_blocks_skip_the_concatenation():
+    """FLUX single-stream blocks: proj_out reads [attention, GELU(MLP)] without concatenating
+    them and applies act_mlp itself (flux_single.py). Off the Hopper quantizer (here) GELU and
+    concatenation run as the torch ops diffusers calls, so the output is the unpatched NVFP4
+    model's bit for bit; the block's forward comes back unchanged on exit."""
+    from unittest import mock
+
+    from solrl_kernels.nn import swap
+
+    flux, inputs = tiny_flux()
+    flux, inputs = to_bf16(flux, inputs)
+    block = flux.single_transformer_blocks[0]
+    bf16 = flux(**inputs).sample
+    with mock.patch.object(swap, "fuse_single_blocks", lambda m: ([], lambda: None)), \
+            rollout_mode(flux, min_features=0) as rep:
+        assert rep.cat_free_blocks == [] and "forward" not in vars(block)
+        unpatched = flux(**inputs).sample
+    with rollout_mode(flux, min_features=0) as rep:
+        assert rep.cat_free_blocks == ["single_transformer_blocks.0"]
+        assert "forward" in vars(block)
+        patched = flux(**inputs).sample
+        a, m = torch.randn(2, 5, 32, dtype=BF16), torch.randn(2, 5, 128, dtype=BF16)
+        gelu_m = nn.functional.gelu(m, approximate="tanh")
+        assert torch.equal(block.proj_out(a, x_tail=m, x_tail_activation="gelu_tanh"),
+                           block.proj_out(torch.cat([a, gelu_m], -1)))
+        with pytest.raises(ValueError, match="expected input"):
+            block.proj_out(a, x_tail=m[..., :64])
+        with pytest.raises(ValueError, match="x_tail_activation must be"):
+            block.proj_out(a, x_tail=m, x_tail_activation="relu")
+    assert torch.equal(patched, unpatched)
+    assert "forward" not in vars(block)
+    assert torch.equal(flux(**inputs).sample, bf16)
+    with rollout_mode(flux, config=QuantizeConfig(min_features=0, fuse_activations=False)) as rep:
+        assert rep.cat_free_blocks == []
+    # another diffusers release (another forward source): left alone
+    from solrl_kernels.nn import flux_single
+
+    flux_single._forward_is_known.cache_clear()
+    with mock.patch.object(flux_single, "KNOWN_FORWARD_SOURCES", frozenset()), \
+            rollout_mode(flux, min_features=0) as rep:
+        assert rep.cat_free_blocks == [] and "forward" not in vars(block)
+    flux_single._forward_is_known.cache_clear()
+
+
+@needs_diffusers
 def test_include_exclude_min_features():
     flux, _ = tiny_flux()
     with rollout_mode(flux, include=[r"attn\.to_q$"], min_features=0) as rep:

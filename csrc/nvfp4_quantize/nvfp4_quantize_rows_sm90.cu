@@ -101,6 +101,27 @@ __device__ __forceinline__ float to_f32(uint32_t h) {
   }
 }
 
+// torch's GELU, tanh approximation (aten/src/ATen/native/cuda/ActivationGeluKernel.cu), in fp32.
+__device__ __forceinline__ float gelu_tanh(float x) {
+  constexpr float kBeta = 0.7978845608028654f;  // sqrt(2 / pi)
+  constexpr float kKappa = 0.044715f;
+  const float inner = kBeta * (x + kKappa * (x * x * x));
+  return 0.5f * x * (1.0f + tanhf(inner));
+}
+
+// GELU of the two 16-bit elements of w, each rounded back to the input type (RN).
+template <bool kHalf>
+__device__ __forceinline__ uint32_t gelu_x2(uint32_t w) {
+  const float lo = gelu_tanh(to_f32<kHalf>(w & 0xFFFFu)), hi = gelu_tanh(to_f32<kHalf>(w >> 16));
+  uint32_t d;
+  if constexpr (kHalf) {
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
+  } else {
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
+  }
+  return d;
+}
+
 // max over the threads of a row: a segment of tpr (power of two <= 32) lanes, or the
 // blockDim.x threads of the CTA (tpr a multiple of 32).
 __device__ __forceinline__ uint32_t row_max(uint32_t m, int tpr, uint32_t* red) {
@@ -298,16 +319,34 @@ __global__ void __launch_bounds__(kMaxThreads) nvfp4_quantize_rows_kernel(const 
   }
   const bool row_ok = row < p.R;
   const int blocks = p.K / 16;
+  const int64_t src_row = row_ok ? row : 0;
   const uint4* src =
-      reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(p.x) + (row_ok ? row : 0) * p.ld_x);
+      reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(p.x) + src_row * p.ld_x);
+  // a concatenated row: blocks from blocks_head on come from x_tail
+  const int blocks_head = p.K_head / 16;
+  const uint4* tail = p.x_tail == nullptr
+                          ? src
+                          : reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(p.x_tail) +
+                                                           src_row * p.ld_x_tail);
 
   Block blk[kBpt];
 #pragma unroll
   for (int i = 0; i < kBpt; ++i) {
     const int b = lane_in_row + i * tpr;
     const bool ok = row_ok && b < blocks;
-    blk[i].lo = ok ? __ldg(src + 2 * b) : make_uint4(0, 0, 0, 0);
-    blk[i].hi = ok ? __ldg(src + 2 * b + 1) : make_uint4(0, 0, 0, 0);
+    const uint4* s = b < blocks_head ? src + 2 * b : tail + 2 * (b - blocks_head);
+    blk[i].lo = ok ? __ldg(s) : make_uint4(0, 0, 0, 0);
+    blk[i].hi = ok ? __ldg(s + 1) : make_uint4(0, 0, 0, 0);
+  }
+  if (p.act_gelu) {  // uniform: the whole grid takes one path
+#pragma unroll
+    for (int i = 0; i < kBpt; ++i) {
+      if ((lane_in_row + i * tpr) * 16 >= p.act_start) {
+        uint4 &u = blk[i].lo, &v = blk[i].hi;
+        u = make_uint4(gelu_x2<kHalf>(u.x), gelu_x2<kHalf>(u.y), gelu_x2<kHalf>(u.z), gelu_x2<kHalf>(u.w));
+        v = make_uint4(gelu_x2<kHalf>(v.x), gelu_x2<kHalf>(v.y), gelu_x2<kHalf>(v.z), gelu_x2<kHalf>(v.w));
+      }
+    }
   }
   uint32_t amax[kBpt];  // fp32 bits of the block amax
   uint32_t amax_thread = 0;

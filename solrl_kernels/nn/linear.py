@@ -191,14 +191,26 @@ class NVFP4Linear(nn.Module):
         dev = device if device is not None else self.weight_global_scale.device
         return resolve_backend(self.quantized_weight, dev, self.backend)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"expected input (..., {self.in_features}), got {tuple(x.shape)}")
+    def forward(self, x: torch.Tensor, x_tail: torch.Tensor | None = None,
+                x_tail_activation: str = "none") -> torch.Tensor:
+        """x (..., in_features); or x (..., K1) and x_tail (..., K2) with K1 + K2 = in_features:
+        the layer applied to cat([x, x_tail_activation(x_tail)], -1), read in place where the
+        Hopper quantizer runs (:func:`~solrl_kernels.gemm.nvfp4_linear`)."""
+        width = x.shape[-1] + (0 if x_tail is None else x_tail.shape[-1])
+        if width != self.in_features:
+            raise ValueError(f"expected input (..., {self.in_features}), got {tuple(x.shape)}"
+                             + ("" if x_tail is None else f" + {tuple(x_tail.shape)}"))
+        if x_tail_activation not in ("none", "gelu_tanh"):
+            raise ValueError("x_tail_activation must be 'none' or 'gelu_tanh', got "
+                             f"{x_tail_activation!r}")
         plan = self._plans.get((x.device, x.dtype))
-        if plan is None:  # another device or dtype than planned: the checked entry point
+        if plan is None or x_tail is not None and x_tail.dtype != x.dtype:
+            # another device or dtype than planned: the checked entry point
             return nvfp4_linear(x, self.quantized_weight, self.bias, out_dtype=x.dtype,
-                                activation=self.activation, backend=self.backend)
-        return run_planned(x, self.quantized_weight, self.bias, x.dtype, self.activation, plan)
+                                activation=self.activation, backend=self.backend, x_tail=x_tail,
+                                x_tail_activation=x_tail_activation)
+        return run_planned(x, self.quantized_weight, self.bias, x.dtype, self.activation, plan,
+                           x_tail, x_tail_activation)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

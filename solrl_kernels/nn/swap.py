@@ -36,6 +36,7 @@ from torch import nn
 from ..gemm import BACKENDS, Backend
 from ..gemm.weight import WEIGHT_STORAGES, WeightStorage
 from ..nvfp4.tensor import BLOCK_SIZE, ScaleRule
+from .flux_single import fuse_single_blocks
 from .linear import NVFP4Linear, NVFP4PointwiseConv2d, is_pointwise_conv
 
 DEFAULT_EXCLUDE: tuple[str, ...] = (
@@ -62,7 +63,9 @@ class QuantizeConfig:
     include: regexes (re.search on the module name); None = every eligible layer.
     exclude: regexes of layers to keep in high precision (default: :data:`DEFAULT_EXCLUDE`).
     min_features: skip layers with min(in_features, out_features) below this.
-    fuse_activations: replace diffusers GELU(approximate="tanh") blocks by a fused GEMM+GELU.
+    fuse_activations: replace diffusers GELU(approximate="tanh") blocks by a fused GEMM+GELU;
+        FLUX single-stream blocks also get GELU in proj_mlp's epilogue and a proj_out that
+        reads [attention, MLP] without concatenating them (:mod:`.flux_single`).
     swap_conv1x1: swap pointwise Conv2d layers too.
     """
 
@@ -112,10 +115,13 @@ class QuantizeConfig:
 @dataclass
 class QuantizationReport:
     """swapped: module names now NVFP4; skipped: name -> reason; bytes_before / bytes_after:
-    weight storage of the swapped layers (dense vs NVFP4); seconds: wall time of quantizing."""
+    weight storage of the swapped layers (dense vs NVFP4); seconds: wall time of quantizing;
+    cat_free_blocks: FLUX single-stream blocks whose proj_out reads its two inputs without
+    concatenating them (:mod:`solrl_kernels.nn.flux_single`)."""
 
     swapped: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    cat_free_blocks: list[str] = field(default_factory=list)
     bytes_before: int = 0
     bytes_after: int = 0
     seconds: float = 0.0
@@ -286,8 +292,12 @@ def _swap_in(model: nn.Module, cfg: QuantizeConfig) -> tuple[QuantizationReport,
     )
     for s, m in zip(sites, new_modules):
         setattr(s.parent, s.attr, m)
+    undo_fusion = lambda: None  # noqa: E731
+    if cfg.fuse_activations:
+        report.cat_free_blocks, undo_fusion = fuse_single_blocks(model)
 
     def restore() -> None:
+        undo_fusion()
         for s in reversed(sites):
             setattr(s.parent, s.attr, s.module)
 

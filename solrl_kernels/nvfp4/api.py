@@ -130,9 +130,10 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def _run_kernel(x2d, path, scale_rule, scale_search, granularity, global_scale, blocked, packed,
-                fp8, lead):
+                fp8, lead, tail2d=None, tail_activation="none"):
     """Quantize x2d (R, K) with the "cuda" or "triton" kernel -> (data, scales, gs, values);
-    gs shaped (*lead, 1) per row or () per tensor."""
+    gs shaped (*lead, 1) per row or () per tensor. tail2d (R, K2): the rows are those of
+    cat([x2d, tail2d], 1), tail_activation applied to tail2d's columns (the "cuda" path only)."""
     per_row = granularity == "row"
     compute_gs = per_row and global_scale is None
     if global_scale is not None:
@@ -144,7 +145,7 @@ def _run_kernel(x2d, path, scale_rule, scale_search, granularity, global_scale, 
     fp8_exact = scale_rule == "fp8_exact"
     if path == "cuda":
         data, scales, gs_out, values = torch.ops.solrl_kernels.nvfp4_quantize_rows(
-            x2d, gs, fp8_exact, blocked, packed, fp8)
+            x2d, gs, fp8_exact, blocked, packed, fp8, tail2d, tail_activation, x2d.shape[1])
     else:
         gs_arg = x2d.new_empty((0,), dtype=torch.float32) if gs is None else gs
         quantize_rows = (ops.quantize_rows if plain_eager(x2d, gs_arg)
@@ -217,13 +218,42 @@ def quantize_to_fp8(
     check_finite: bool = False,
     global_scale: torch.Tensor | None = None,
     backend: Backend = "auto",
+    x_tail: torch.Tensor | None = None,
+    tail_activation: str = "none",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x (..., K) -> FP8-exact NVFP4 expanded to E4M3, in one pass (the Hopper GEMM's input).
 
     Returns (values float8_e4m3fn (..., K), global_scale fp32: (..., 1) for "row", 0-dim for
     "tensor"), with values * global_scale == dequantize(quantize(x, "fp8_exact", ...)) exactly,
     i.e. the same as to_fp8_container(quantize(x, scale_rule="fp8_exact", ...)).
+
+    x_tail: (..., K2) with x's leading dims, or None. Quantizes cat([x, x_tail], -1) (values
+    (..., K + K2)); the CUDA row quantizer reads the two tensors in place (per-row scales
+    computed from the rows, K % 16 == 0), every other path concatenates first. Same bits.
+    tail_activation: "gelu_tanh" quantizes cat([x, gelu(x_tail)], -1), gelu as
+    ``F.gelu(x_tail, approximate="tanh")``; the CUDA quantizer applies it as it reads, with
+    the hardware tanh (a GELU'd value may differ from torch's by one unit in the last place).
     """
+    if tail_activation not in ("none", "gelu_tanh"):
+        raise ValueError(f"tail_activation must be 'none' or 'gelu_tanh', got {tail_activation!r}")
+    if x_tail is not None:
+        if x_tail.shape[:-1] != x.shape[:-1] or x_tail.dtype != x.dtype:
+            raise ValueError(f"x_tail must have x's leading dims and dtype: x {tuple(x.shape)} "
+                             f"{x.dtype}, x_tail {tuple(x_tail.shape)} {x_tail.dtype}")
+        x2d, tail2d = _rows(x), _rows(x_tail)
+        if (granularity == "row" and global_scale is None and x.shape[-1] % BLOCK_SIZE == 0
+                and backend in ("auto", "cuda") and not check_finite
+                and _cuda_unavailable_reason(x2d, scale_search) is None
+                and _cuda_unavailable_reason(tail2d, scale_search) is None
+                and x.shape[-1] + x_tail.shape[-1] <= NVFP4_QUANTIZE_ROWS_MAX_K):
+            ref.check_options("fp8_exact", scale_search, granularity)
+            _, _, gs, values = _run_kernel(x2d, "cuda", "fp8_exact", scale_search, granularity,
+                                           None, False, False, True, x.shape[:-1], tail2d,
+                                           tail_activation)
+            return values.reshape(*x.shape[:-1], -1), gs
+        if tail_activation == "gelu_tanh":
+            x_tail = torch.nn.functional.gelu(x_tail, approximate="tanh")
+        x = torch.cat([x, x_tail], dim=-1)
     ref.check_input(x, "x", check_finite)
     ref.check_options("fp8_exact", scale_search, granularity)
     x2d = _rows(x)
