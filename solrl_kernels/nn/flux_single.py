@@ -13,8 +13,9 @@ each such block a forward that
   reads both halves in place and applies act_mlp (GELU, tanh approximation) to the MLP half as
   it reads it (elsewhere GELU and concatenation run as torch ops, as in diffusers).
 
-(Session 12 measured the first version, with GELU in proj_mlp's GEMM epilogue instead: that
-epilogue cost as much as the concatenation saved, bench/RESULTS.md §7g.)
+Compiled FLUX.1 widths, batch 4, H200: 37.1-37.5 ms per forward against 38.4-38.7 ms with the
+concatenation (bench/RESULTS.md §7h). A first version put GELU in proj_mlp's GEMM epilogue
+instead; that epilogue cost as much as the concatenation saved (§7g).
 
 Everything else is diffusers' forward line for line. It is copied from one diffusers release,
 so a block whose class forward has different source (another release) is left alone.
