@@ -4,9 +4,11 @@
         [--modes bf16,nvfp4,nvfp4+attn-fp8] [--compile]
 
 Mode "nvfp4+unfused-gelu": NVFP4 linears with fuse_activations=False, so the feed-forward
-GELU runs as a torch op instead of in the GEMM epilogue (its cost: bench/RESULTS.md §7g).
-A mode with the suffix "+cat" (e.g. nvfp4+cat) keeps FLUX's single-stream blocks as diffusers
-wrote them (proj_out's input concatenated, GELU by torch), for comparison with flux_single.py.
+GELU runs as a torch op instead of inside our kernels (bench/RESULTS.md §7h).
+Suffixes undo one fusion of rollout_mode, for A/B runs: "+cat" (e.g. nvfp4+cat) keeps FLUX's
+single-stream blocks as diffusers wrote them (proj_out's input concatenated, GELU by torch),
+against flux_single.py; "+epilogue-gelu" puts a feed-forward's GELU into its first GEMM's
+epilogue instead of its second layer's input quantization (swap.py).
 
 Builds a model of bench/test_bench_transformer.py (--model: flux1-dev, 2 double + 4 single
 blocks; sd35-large, 4 blocks; sana-1.6b, 4 blocks; 1024 px), runs a few eager forwards under
@@ -36,6 +38,9 @@ from solrl_kernels.nn import QuantizeConfig, rollout_mode, swap  # noqa: E402
 
 PROFILE_MODES = {**MODES, "nvfp4+unfused-gelu": dict(
     linear="nvfp4", config=QuantizeConfig(fuse_activations=False))}
+# mode suffix -> (swap's function, a stand-in that turns its fusion off)
+UNDO_FUSION = {"+cat": ("fuse_single_blocks", lambda model: ([], lambda: None)),
+               "+epilogue-gelu": ("_gelu_readers", lambda *args: {})}
 
 # first match wins; matched against the kernel name. Inductor names its fused kernels after
 # the ops around them (e.g. triton_poi_fused_cat_gelu_nvfp4_quantize_rows_...: a
@@ -108,10 +113,11 @@ def main() -> None:
         if mode == "bf16":
             per_cat, kernels = run(model)
         else:
-            keep_cat = mode.endswith("+cat")
-            no_fusion = mock.patch.object(swap, "fuse_single_blocks", lambda m: ([], lambda: None))
-            with no_fusion if keep_cat else contextlib.nullcontext(), \
-                    rollout_mode(model, **PROFILE_MODES[mode.removesuffix("+cat")]):
+            base, undo = mode, contextlib.ExitStack()
+            while suffix := next((x for x in UNDO_FUSION if base.endswith(x)), None):
+                base = base.removesuffix(suffix)
+                undo.enter_context(mock.patch.object(swap, *UNDO_FUSION[suffix]))
+            with undo, rollout_mode(model, **PROFILE_MODES[base]):
                 per_cat, kernels = run(model)
         total = sum(per_cat.values())
         print(f"\n[{mode}] total {total:.2f} ms")

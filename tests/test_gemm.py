@@ -250,6 +250,32 @@ def test_nvfp4_linear_x_tail_is_the_concatenation(backend, storage):
     assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("backend", ["emulated", "triton"])
+@pytest.mark.parametrize("storage", ["fp8", "packed"])
+def test_nvfp4_linear_x_activation_is_torch_gelu_first(backend, storage):
+    """x_activation="gelu_tanh": the layer of F.gelu(x, approximate="tanh"), bit for bit (the
+    CUDA quantizer applying it as it reads is checked on the GPU), alone and with x_tail."""
+    gen = torch.Generator().manual_seed(12)
+    x = awkward_rows(12, 96, gen).to(torch.bfloat16).reshape(2, 6, 96)
+    tail = torch.randn(2, 6, 32, generator=gen).to(torch.bfloat16) * 40
+    w = prepare_weight(torch.randn(24, 96, generator=gen), storage=storage)
+    w_cat = prepare_weight(torch.randn(24, 128, generator=gen), storage=storage)
+    bias = torch.randn(24, generator=gen)
+
+    def gelu(t):
+        return torch.nn.functional.gelu(t, approximate="tanh")
+
+    want = nvfp4_linear(gelu(x), w, bias, backend=backend)
+    got = nvfp4_linear(x, w, bias, backend=backend, x_activation="gelu_tanh")
+    assert got.shape == (2, 6, 24) and torch.equal(got, want)
+    for tail_act in ("none", "gelu_tanh"):  # GELU on the whole row / on x only
+        t = gelu(tail) if tail_act == "gelu_tanh" else tail
+        want = nvfp4_linear(torch.cat([gelu(x), t], -1), w_cat, bias, backend=backend)
+        got = nvfp4_linear(x, w_cat, bias, backend=backend, x_tail=tail,
+                           x_tail_activation=tail_act, x_activation="gelu_tanh")
+        assert torch.equal(got, want), tail_act
+
+
 # ------------------------------------------------------------------------------- errors
 def test_bad_inputs_raise_clear_errors():
     gen = torch.Generator().manual_seed(8)
@@ -275,6 +301,8 @@ def test_bad_inputs_raise_clear_errors():
         nvfp4_linear(x[:, :48], w, x_tail=torch.randn(4, 16).half())
     with pytest.raises(ValueError, match="x_tail_activation must be 'none' or 'gelu_tanh'"):
         nvfp4_linear(x[:, :48], w, x_tail=torch.randn(4, 16), x_tail_activation="silu")
+    with pytest.raises(ValueError, match="x_activation must be 'none' or 'gelu_tanh'"):
+        nvfp4_linear(x, w, x_activation="silu")
     rn = prepare_weight(torch.randn(32, 64, generator=gen), storage="packed", scale_rule="rn")
     with pytest.raises(ValueError, match="need scale_rule='fp8_exact'"):
         nvfp4_linear(x, rn, backend="triton")
@@ -420,7 +448,9 @@ def test_gpu_backends_vs_float64(M, N, K, storage):
 @pytest.mark.parametrize("storage", ["fp8", "packed"])
 def test_gpu_x_tail_bit_exact(storage):
     """FLUX single-stream proj_out's input (3072 + 12288 columns) read in place by the CUDA
-    quantizer: the same bits as the layer on the concatenation, for every GPU backend."""
+    quantizer: the same bits as the layer on the concatenation, for every GPU backend; and
+    the GELU applied as the quantizer reads (x_tail_activation, x_activation) against torch's
+    GELU first."""
     x, w_dense, bias = _gpu_operands(300, 512, 3072 + 12288, seed=3)
     head, tail = x[:, :3072].clone(), x[:, 3072:].clone()
     w = prepare_weight(w_dense, storage=storage)
@@ -433,6 +463,16 @@ def test_gpu_x_tail_bit_exact(storage):
     ref = nvfp4_linear(gelu_x, w, bias, backend="emulated", out_dtype=torch.float32)
     got = nvfp4_linear(head, w, bias, x_tail=tail, x_tail_activation="gelu_tanh")
     assert relative_error(got, ref) < relative_error(ref.to(torch.bfloat16), ref) + 1e-3
+    # a feed-forward's fc2: GELU of the whole input, applied by the quantizer as it reads,
+    # against torch's GELU first on the same backend (GELU'd values may differ in their last
+    # place, and move an E4M3 value by a step; test_native_quantize counts those)
+    gelu_x = torch.nn.functional.gelu(x, approximate="tanh")
+    for name in _backends_here(storage):
+        want = nvfp4_linear(gelu_x, w, bias, backend=name)
+        got = nvfp4_linear(x, w, bias, backend=name, x_activation="gelu_tanh")
+        err = relative_error(got, want)
+        print(f"\n{storage} {name}: GELU on read vs torch's GELU first: rel. diff {err:.2e}")
+        assert err < 3e-3, name  # H200, session 13: 1.9e-3 (0 on the emulated path)
 
 
 @pytest.mark.gpu

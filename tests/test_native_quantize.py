@@ -421,7 +421,8 @@ def test_gpu_activation_on_read_matches_torch_gelu(dtype):
     """activation="gelu_tanh" from activation_start on: GELU with the hardware tanh, as the
     quantizer reads, against torch's GELU then the same quantizer. The GELU'd values may differ
     in their last place, so a few E4M3 values (and scales of rows whose amax moved) may differ
-    by a step; nothing else."""
+    by a step; nothing else. Then the whole row GELU'd (activation_start 0), as
+    quantize_to_fp8(activation="gelu_tanh") runs it."""
     x = (torch.randn(257, 3072 + 12288, device="cuda") * 2).to(dtype)
     x[3, 3072:] = 0
     start = 3072
@@ -437,6 +438,13 @@ def test_gpu_activation_on_read_matches_torch_gelu(dtype):
     head, tail = x[:, :start].contiguous(), x[:, start:].contiguous()
     tail_v = op()(head, None, True, False, False, True, tail, "gelu_tanh", start)[3]
     assert torch.equal(tail_v.view(torch.uint8), got_v.view(torch.uint8))
+    # GELU of the whole row (activation_start 0), as quantize_to_fp8(activation=...) runs it
+    all_v = op()(x, None, True, False, False, True, None, "gelu_tanh", 0)[3]
+    want_all = op()(torch.nn.functional.gelu(x, approximate="tanh"), None, True, False, False,
+                    True)[3]
+    assert (all_v.float() != want_all.float()).float().mean().item() < 2e-3
+    v, gs = nvfp4.quantize_to_fp8(x, activation="gelu_tanh")
+    assert torch.equal(v.view(torch.uint8), all_v.view(torch.uint8))
 
 
 # ------------------------------------------------ the CUDA kernel's division-free arithmetic

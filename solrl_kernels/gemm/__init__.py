@@ -210,6 +210,7 @@ def nvfp4_linear(
     backend: Backend = "auto",
     x_tail: torch.Tensor | None = None,
     x_tail_activation: str = "none",
+    x_activation: str = "none",
 ) -> torch.Tensor:
     """act(dequant(quant(x)) @ dequant(w)^T + bias).
 
@@ -223,6 +224,9 @@ def nvfp4_linear(
     x_tail_activation: "gelu_tanh" makes the input cat([x, gelu(x_tail)], -1), gelu as
     ``F.gelu(approximate="tanh")``: the Hopper quantizer applies it as it reads x_tail (with
     the hardware tanh: a GELU'd value may differ from torch's in its last place).
+    x_activation: the same for x: "gelu_tanh" makes the input gelu(x) (or cat([gelu(x), ...])),
+    applied by the Hopper quantizer as it reads x, so that a feed-forward's GELU needs neither
+    a pass of its own nor the previous GEMM's epilogue (:mod:`solrl_kernels.nn.swap`).
     """
     if not isinstance(w, (NVFP4Tensor, FP8Weight)):
         raise TypeError(f"w must be an NVFP4Tensor or FP8Weight, got {type(w).__name__}")
@@ -241,18 +245,19 @@ def nvfp4_linear(
                 x.shape[-1] + x_tail.shape[-1] != K):
             raise ValueError(f"x and x_tail must be (..., K1) and (..., K2) with K1 + K2 = {K}, "
                              f"got {tuple(x.shape)} and {tuple(x_tail.shape)}")
-        if x_tail_activation not in ("none", "gelu_tanh"):
-            raise ValueError("x_tail_activation must be 'none' or 'gelu_tanh', got "
-                             f"{x_tail_activation!r}")
     elif x.dim() == 0 or x.shape[-1] != K:
         raise ValueError(f"x must have shape (..., {K}), got {tuple(x.shape)}")
+    for arg, act in (("x_activation", x_activation), ("x_tail_activation", x_tail_activation)):
+        if act not in ("none", "gelu_tanh"):
+            raise ValueError(f"{arg} must be 'none' or 'gelu_tanh', got {act!r}")
     if bias is not None and tuple(bias.shape) != (N,):
         raise ValueError(f"bias must have shape ({N},), got {tuple(bias.shape)}")
     check_activation(activation)
     plan = plan_backend(w, x.device, backend, out_dtype)
     if plan[0] == "emulated" and w.scale_rule != "fp8_exact" and x.is_cuda:
         _warn_rn(w)
-    return run_planned(x, w, bias, out_dtype, activation, plan, x_tail, x_tail_activation)
+    return run_planned(x, w, bias, out_dtype, activation, plan, x_tail, x_tail_activation,
+                       x_activation)
 
 
 def plan_backend(w: NVFP4Tensor | FP8Weight, device: torch.device | str, backend: Backend,
@@ -270,24 +275,29 @@ def plan_backend(w: NVFP4Tensor | FP8Weight, device: torch.device | str, backend
 
 def run_planned(x: torch.Tensor, w: NVFP4Tensor | FP8Weight, bias: torch.Tensor | None,
                 out_dtype: torch.dtype, activation: str, plan: tuple[str, bool],
-                x_tail: torch.Tensor | None = None, x_tail_activation: str = "none"
-                ) -> torch.Tensor:
+                x_tail: torch.Tensor | None = None, x_tail_activation: str = "none",
+                x_activation: str = "none") -> torch.Tensor:
     """:func:`nvfp4_linear` after its checks, on a plan from :func:`plan_backend`."""
     name, blackwell = plan
     N, K = w.shape
     lead = x.shape[:-1]
-    if x_tail is not None and (blackwell or name == "emulated"):  # no activation quantizer
-        if x_tail_activation == "gelu_tanh":
-            x_tail = torch.nn.functional.gelu(x_tail, approximate="tanh")
-        x, x_tail = torch.cat([x, x_tail], dim=-1), None
+    if blackwell or name == "emulated":  # no activation quantizer to read the input
+        if x_activation == "gelu_tanh":
+            x, x_activation = torch.nn.functional.gelu(x, approximate="tanh"), "none"
+        if x_tail is not None:
+            if x_tail_activation == "gelu_tanh":
+                x_tail = torch.nn.functional.gelu(x_tail, approximate="tanh")
+            x, x_tail = torch.cat([x, x_tail], dim=-1), None
     x2 = x.reshape(-1, x.shape[-1])
-    x2_tail = None if x_tail is None else (x_tail.reshape(-1, x_tail.shape[-1]), x_tail_activation)
+    # how the activation quantizer reads the input: (x2_tail, x_tail_activation, x_activation)
+    read = (None if x_tail is None else x_tail.reshape(-1, x_tail.shape[-1]), x_tail_activation,
+            x_activation)
     if isinstance(w, FP8Weight):
-        y = _linear_fp8_storage(x, x2, x2_tail, w, bias, activation, out_dtype, name)
+        y = _linear_fp8_storage(x, x2, read, w, bias, activation, out_dtype, name)
     elif blackwell:  # reads either scale layout
         y = _linear_sm100(x2, w, bias, activation, out_dtype, name)
     else:
-        y = _linear_packed(x, x2, x2_tail, as_row_major(w), bias, activation, out_dtype, name)
+        y = _linear_packed(x, x2, read, as_row_major(w), bias, activation, out_dtype, name)
     return y.reshape(*lead, N)
 
 
@@ -295,11 +305,11 @@ def _weight_scale(gs: torch.Tensor) -> torch.Tensor:
     return gs.float().reshape(-1)
 
 
-def _linear_fp8_storage(x, x2, x2_tail, w: FP8Weight, bias, activation, out_dtype, name):
+def _linear_fp8_storage(x, x2, read, w: FP8Weight, bias, activation, out_dtype, name):
     if name == "emulated":
         return ops.fp8_linear_emulated(x2, w.values, w.global_scale.float(), bias, activation,
                                        out_dtype)
-    a, sa = quantize_activation(x, x2, *(x2_tail or ()))
+    a, sa = quantize_activation(x, x2, *read)
     args = (a, w.values, sa.reshape(-1), _weight_scale(w.global_scale), bias, activation,
             out_dtype)
     if name == "native":
@@ -309,11 +319,11 @@ def _linear_fp8_storage(x, x2, x2_tail, w: FP8Weight, bias, activation, out_dtyp
     return getattr(ops, f"fp8_gemm_{name}")(*args)
 
 
-def _linear_packed(x, x2, x2_tail, w: NVFP4Tensor, bias, activation, out_dtype, name):
+def _linear_packed(x, x2, read, w: NVFP4Tensor, bias, activation, out_dtype, name):
     if name == "emulated":
         return ops.nvfp4_linear_emulated(x2, w.data, w.scales, w.global_scale.float(), bias,
                                          activation, w.scale_rule, out_dtype)
-    a, sa = quantize_activation(x, x2, *(x2_tail or ()))
+    a, sa = quantize_activation(x, x2, *read)
     sa, sb = sa.reshape(-1), _weight_scale(w.global_scale)
     if name in ("native", "cublas"):  # the weight expanded to E4M3 (transient), then FP8 GEMM
         b = triton_launch.expand_nvfp4(w.data, w.scales)

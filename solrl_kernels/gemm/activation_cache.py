@@ -61,14 +61,16 @@ def _capture_id(x: torch.Tensor) -> int | None:
 
 
 def quantize_activation(x: torch.Tensor, x2: torch.Tensor, x2_tail: torch.Tensor | None = None,
-                        tail_activation: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
+                        tail_activation: str = "none", activation: str = "none"
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """x2 = x.reshape(-1, K) -> (E4M3 values (M, K), fp32 scales (M, 1)), as
     ``quantize_to_fp8(x2, granularity="row")``, reused for the same x at the same version
-    (and in the same CUDA-graph capture, or outside any). x2_tail (M, K2): the input is
-    cat([x2, tail_activation(x2_tail)], 1) (never reused: the cache knows x alone)."""
-    if x2_tail is not None:
+    (and in the same CUDA-graph capture, or outside any). x2_tail (M, K2) and the activations:
+    the input is cat([activation(x2), tail_activation(x2_tail)], 1) (never reused: the cache
+    knows plain x alone)."""
+    if x2_tail is not None or activation != "none":
         return quantize_to_fp8(x2, granularity="row", x_tail=x2_tail,
-                               tail_activation=tail_activation)
+                               tail_activation=tail_activation, activation=activation)
     if (not _ENABLED or torch.compiler.is_compiling() or x.is_inference()
             or (capture := _capture_id(x)) is None):
         return quantize_to_fp8(x2, granularity="row")

@@ -64,20 +64,20 @@ class FP8Weight:
 
 def quantize_to_fp8(
     x: torch.Tensor, granularity: Granularity = "row", check_finite: bool = False,
-    x_tail: torch.Tensor | None = None, tail_activation: str = "none",
+    x_tail: torch.Tensor | None = None, tail_activation: str = "none", activation: str = "none",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x (..., K) -> (E4M3 values (..., K), fp32 global scale (..., 1) or 0-dim): FP8-exact NVFP4
     expanded to E4M3, exactly ``to_fp8_container(quantize(x, "fp8_exact", granularity=...))``.
     check_finite: raise ValueError on NaN/Inf (a host sync; off for activations).
-    x_tail: quantize cat([x, tail_activation(x_tail)], -1), read in place where the CUDA
-    quantizer runs.
+    x_tail, activation: quantize cat([activation(x), tail_activation(x_tail)], -1), read in
+    place (and GELU'd as read) where the CUDA quantizer runs.
 
     The one place that calls the NVFP4 activation quantizer (the fused one-pass kernel
     ``solrl_kernels.nvfp4.quantize_to_fp8``).
     """
     return nvfp4.quantize_to_fp8(x, granularity=granularity, check_finite=check_finite,
                                  backend=_quant_backend(x), x_tail=x_tail,
-                                 tail_activation=tail_activation)
+                                 tail_activation=tail_activation, activation=activation)
 
 
 def _quant_backend(x: torch.Tensor) -> str:

@@ -36,6 +36,9 @@ class NVFP4Linear(nn.Module):
         "packed" (4.5 bits/element). "fp8" needs scale_rule="fp8_exact".
       scale_search: per-block MSE search of the fp8_exact block scales when quantizing W.
       activation: "none" | "gelu_tanh" | "silu", fused into the GEMM epilogue.
+      input_activation: "none" | "gelu_tanh": the layer computes on gelu(x), applied by the
+        Hopper activation quantizer as it reads x (elsewhere by torch first); how
+        :func:`~solrl_kernels.nn.quantize_model` fuses a feed-forward's GELU.
       backend: see :func:`solrl_kernels.gemm.resolve_backend`.
 
     Buffers ("fp8"): ``weight_fp8`` float8_e4m3fn (N, K), ``weight_global_scale`` fp32 (N, 1).
@@ -54,6 +57,7 @@ class NVFP4Linear(nn.Module):
         weight_storage: WeightStorage = "fp8",
         scale_search: bool = False,
         activation: Literal["none", "gelu_tanh", "silu"] = "none",
+        input_activation: Literal["none", "gelu_tanh"] = "none",
         backend: Backend = "auto",
         device: torch.device | str | None = None,
         bias_dtype: torch.dtype = torch.bfloat16,
@@ -71,11 +75,15 @@ class NVFP4Linear(nn.Module):
                              f"{scale_rule!r}; use weight_storage='packed' for 'rn'")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        if input_activation not in ("none", "gelu_tanh"):
+            raise ValueError("input_activation must be 'none' or 'gelu_tanh', got "
+                             f"{input_activation!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.in_features, self.out_features = in_features, out_features
         self.scale_rule, self.weight_storage = scale_rule, weight_storage
         self.scale_search, self.activation, self.backend = scale_search, activation, backend
+        self.input_activation = input_activation
         N, K = out_features, in_features
         if weight_storage == "fp8":
             self.register_buffer("weight_fp8", torch.zeros(N, K, device=device,
@@ -126,6 +134,7 @@ class NVFP4Linear(nn.Module):
         backend: Backend = "auto",
         weight: torch.Tensor | None = None,
         bias: torch.Tensor | None = None,
+        input_activation: Literal["none", "gelu_tanh"] = "none",
     ) -> NVFP4Linear:
         """Quantized copy of ``linear`` (its weight, or ``weight`` (N, K) if given, e.g. with
         LoRA merged; ``bias`` likewise). ``linear`` itself is left untouched."""
@@ -133,7 +142,7 @@ class NVFP4Linear(nn.Module):
             linear.weight if weight is None else weight, linear.bias if bias is None else bias,
             linear.in_features, linear.out_features, scale_rule=scale_rule,
             weight_storage=weight_storage, scale_search=scale_search, activation=activation,
-            backend=backend)
+            input_activation=input_activation, backend=backend)
 
     @classmethod
     def _quantized(cls, w: torch.Tensor, b: torch.Tensor | None, in_features: int,
@@ -208,15 +217,18 @@ class NVFP4Linear(nn.Module):
             # another device or dtype than planned: the checked entry point
             return nvfp4_linear(x, self.quantized_weight, self.bias, out_dtype=x.dtype,
                                 activation=self.activation, backend=self.backend, x_tail=x_tail,
-                                x_tail_activation=x_tail_activation)
+                                x_tail_activation=x_tail_activation,
+                                x_activation=self.input_activation)
         return run_planned(x, self.quantized_weight, self.bias, x.dtype, self.activation, plan,
-                           x_tail, x_tail_activation)
+                           x_tail, x_tail_activation, self.input_activation)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, scale_rule={self.scale_rule}, "
                 f"weight_storage={self.weight_storage}, activation={self.activation}, "
-                f"backend={self.backend}")
+                + (f"input_activation={self.input_activation}, "
+                   if self.input_activation != "none" else "")
+                + f"backend={self.backend}")
 
 
 def is_pointwise_conv(m: nn.Module) -> bool:

@@ -6,7 +6,9 @@ passes the include / exclude regexes and that is large enough, including layers 
 (LoRA): there the whole wrapper is replaced by one NVFP4Linear of the merged weight
 (base + active adapters' deltas), and put back unchanged afterwards. A diffusers ``GELU``
 module with ``approximate="tanh"`` (FLUX / SD3 feed-forward) is replaced as a whole by an
-NVFP4Linear with the GELU fused into its epilogue.
+NVFP4Linear: where the next layer of the feed-forward is swapped too, that layer applies the
+GELU as its activation quantizer reads its input (``input_activation``; no pass of its own, no
+GEMM epilogue), else the GELU is fused into the first layer's GEMM epilogue.
 
 Default skip rules (after the Sol-RL paper: embedders, final layer, small layers), all
 configurable through :class:`QuantizeConfig`:
@@ -63,9 +65,10 @@ class QuantizeConfig:
     include: regexes (re.search on the module name); None = every eligible layer.
     exclude: regexes of layers to keep in high precision (default: :data:`DEFAULT_EXCLUDE`).
     min_features: skip layers with min(in_features, out_features) below this.
-    fuse_activations: replace diffusers GELU(approximate="tanh") blocks by a fused GEMM+GELU;
-        FLUX single-stream blocks also get GELU in proj_mlp's epilogue and a proj_out that
-        reads [attention, MLP] without concatenating them (:mod:`.flux_single`).
+    fuse_activations: fuse diffusers GELU(approximate="tanh") blocks into the NVFP4 layers:
+        into the next layer's input quantization, or else the GEMM epilogue (module doc);
+        FLUX single-stream blocks get a proj_out that reads [attention, GELU(MLP)] without
+        concatenating them or a GELU pass (:mod:`.flux_single`).
     swap_conv1x1: swap pointwise Conv2d layers too.
     """
 
@@ -141,7 +144,8 @@ class _Site:
     module: nn.Module  # what is replaced (Linear, Conv2d, peft wrapper or diffusers GELU)
     layer: nn.Module  # the Linear / Conv2d / peft wrapper holding the weight
     kind: Literal["linear", "conv"]
-    activation: Literal["none", "gelu_tanh"]
+    activation: Literal["none", "gelu_tanh"]  # in the GEMM epilogue
+    input_activation: Literal["none", "gelu_tanh"] = "none"  # applied to the layer's input
 
 
 def _normalize(name: str) -> str:
@@ -187,12 +191,46 @@ def _is_tanh_gelu(m: nn.Module) -> bool:
     return type(m) is GELU and m.approximate == "tanh"
 
 
+def _runs_in_order(parent: nn.Module, attr: str, child: nn.Module) -> bool:
+    """Whether child's children run one after another, each on the previous one's output:
+    an nn.Sequential, or the ``net`` of a diffusers FeedForward."""
+    if isinstance(child, nn.Sequential):
+        return True
+    try:
+        from diffusers.models.attention import FeedForward
+    except ImportError:
+        return False
+    return attr == "net" and isinstance(child, nn.ModuleList) and type(parent) is FeedForward
+
+
+def _gelu_readers(seq: nn.Module, swapped: Callable[[str, nn.Module], bool]) -> dict[str, str]:
+    """In a module whose children run in order: {attr of a tanh-GELU block whose proj is
+    swapped: attr of the swapped Linear that reads its output}, with only identities (dropout
+    with p = 0) between them."""
+    children = list(seq.named_children())
+    readers = {}
+    for i, (attr, m) in enumerate(children):
+        if not (_is_tanh_gelu(m) and _layer_kind(m.proj) == "linear" and swapped(f"{attr}.proj", m.proj)):
+            continue
+        for nxt_attr, nxt in children[i + 1:]:
+            if isinstance(nxt, nn.Identity) or isinstance(nxt, nn.Dropout) and nxt.p == 0:
+                continue
+            if _layer_kind(nxt) == "linear" and swapped(nxt_attr, nxt):
+                readers[attr] = nxt_attr
+            break
+    return readers
+
+
 def collect_sites(model: nn.Module, cfg: QuantizeConfig) -> tuple[list[_Site], dict[str, str]]:
     """Walk the module tree; returns (layers to swap, {skipped name: reason})."""
     sites: list[_Site] = []
     skipped: dict[str, str] = {}
 
-    def visit(parent: nn.Module, prefix: str) -> None:
+    def visit(parent: nn.Module, prefix: str, in_order: bool = False) -> None:
+        readers = {}  # GELU block -> the next layer, which applies the GELU as it reads
+        if in_order and cfg.fuse_activations:
+            readers = _gelu_readers(parent, lambda attr, layer: cfg.skip_reason(
+                _normalize(f"{prefix}{attr}"), *_features(layer)) is None)
         for attr, child in parent.named_children():
             full = f"{prefix}{attr}"
             if isinstance(child, NVFP4Linear):
@@ -202,8 +240,8 @@ def collect_sites(model: nn.Module, cfg: QuantizeConfig) -> tuple[list[_Site], d
                 name = _normalize(f"{full}.proj")
                 reason = cfg.skip_reason(name, *_features(child.proj))
                 if reason is None and _layer_kind(child.proj) == "linear":
-                    sites.append(_Site(parent, attr, name, child, child.proj, "linear",
-                                       "gelu_tanh"))
+                    act = "none" if attr in readers else "gelu_tanh"
+                    sites.append(_Site(parent, attr, name, child, child.proj, "linear", act))
                     continue
             kind = _layer_kind(child)
             if kind is not None and isinstance(parent, nn.MultiheadAttention):
@@ -216,12 +254,13 @@ def collect_sites(model: nn.Module, cfg: QuantizeConfig) -> tuple[list[_Site], d
                     continue
                 reason = cfg.skip_reason(name, *_features(child))
                 if reason is None:
-                    sites.append(_Site(parent, attr, name, child, child, kind, "none"))
+                    read = "gelu_tanh" if attr in readers.values() else "none"
+                    sites.append(_Site(parent, attr, name, child, child, kind, "none", read))
                 else:
                     skipped[name] = reason
                 continue
             if _peft_base(child) is None:
-                visit(child, f"{full}.")
+                visit(child, f"{full}.", _runs_in_order(parent, attr, child))
 
     visit(model, "")
     return sites, skipped
@@ -264,7 +303,7 @@ def _quantize_site(site: _Site, cfg: QuantizeConfig) -> NVFP4Linear:
     base = _peft_base(site.layer) or site.layer
     if site.kind == "conv":
         return NVFP4PointwiseConv2d.from_conv(base, **kw)
-    return NVFP4Linear.from_linear(base, **kw)
+    return NVFP4Linear.from_linear(base, input_activation=site.input_activation, **kw)
 
 
 def _dense_bytes(layer: nn.Module) -> int:

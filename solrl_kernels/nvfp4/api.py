@@ -130,10 +130,11 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def _run_kernel(x2d, path, scale_rule, scale_search, granularity, global_scale, blocked, packed,
-                fp8, lead, tail2d=None, tail_activation="none"):
+                fp8, lead, tail2d=None, activation="none", activation_start=0):
     """Quantize x2d (R, K) with the "cuda" or "triton" kernel -> (data, scales, gs, values);
-    gs shaped (*lead, 1) per row or () per tensor. tail2d (R, K2): the rows are those of
-    cat([x2d, tail2d], 1), tail_activation applied to tail2d's columns (the "cuda" path only)."""
+    gs shaped (*lead, 1) per row or () per tensor. The "cuda" path only: tail2d (R, K2) makes
+    the rows those of cat([x2d, tail2d], 1); activation applies to their columns from
+    activation_start on."""
     per_row = granularity == "row"
     compute_gs = per_row and global_scale is None
     if global_scale is not None:
@@ -145,7 +146,7 @@ def _run_kernel(x2d, path, scale_rule, scale_search, granularity, global_scale, 
     fp8_exact = scale_rule == "fp8_exact"
     if path == "cuda":
         data, scales, gs_out, values = torch.ops.solrl_kernels.nvfp4_quantize_rows(
-            x2d, gs, fp8_exact, blocked, packed, fp8, tail2d, tail_activation, x2d.shape[1])
+            x2d, gs, fp8_exact, blocked, packed, fp8, tail2d, activation, activation_start)
     else:
         gs_arg = x2d.new_empty((0,), dtype=torch.float32) if gs is None else gs
         quantize_rows = (ops.quantize_rows if plain_eager(x2d, gs_arg)
@@ -220,6 +221,7 @@ def quantize_to_fp8(
     backend: Backend = "auto",
     x_tail: torch.Tensor | None = None,
     tail_activation: str = "none",
+    activation: str = "none",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x (..., K) -> FP8-exact NVFP4 expanded to E4M3, in one pass (the Hopper GEMM's input).
 
@@ -233,27 +235,44 @@ def quantize_to_fp8(
     tail_activation: "gelu_tanh" quantizes cat([x, gelu(x_tail)], -1), gelu as
     ``F.gelu(x_tail, approximate="tanh")``; the CUDA quantizer applies it as it reads, with
     the hardware tanh (a GELU'd value may differ from torch's by one unit in the last place).
+    activation: the same for x ("gelu_tanh": quantizes gelu(x), or cat([gelu(x), ...]) with
+    x_tail); the CUDA quantizer applies it as it reads where the GELU'd columns end the row
+    (no x_tail, or tail_activation too), elsewhere torch's GELU runs first.
     """
-    if tail_activation not in ("none", "gelu_tanh"):
-        raise ValueError(f"tail_activation must be 'none' or 'gelu_tanh', got {tail_activation!r}")
-    if x_tail is not None:
-        if x_tail.shape[:-1] != x.shape[:-1] or x_tail.dtype != x.dtype:
-            raise ValueError(f"x_tail must have x's leading dims and dtype: x {tuple(x.shape)} "
-                             f"{x.dtype}, x_tail {tuple(x_tail.shape)} {x_tail.dtype}")
-        x2d, tail2d = _rows(x), _rows(x_tail)
-        if (granularity == "row" and global_scale is None and x.shape[-1] % BLOCK_SIZE == 0
+    for arg, act in (("activation", activation), ("tail_activation", tail_activation)):
+        if act not in ("none", "gelu_tanh"):
+            raise ValueError(f"{arg} must be 'none' or 'gelu_tanh', got {act!r}")
+    if x_tail is not None and (x_tail.shape[:-1] != x.shape[:-1] or x_tail.dtype != x.dtype):
+        raise ValueError(f"x_tail must have x's leading dims and dtype: x {tuple(x.shape)} "
+                         f"{x.dtype}, x_tail {tuple(x_tail.shape)} {x_tail.dtype}")
+    if activation != "none" or x_tail is not None:
+        # the CUDA row quantizer reads x and x_tail in place, and applies GELU to the columns
+        # [start, K) of the row as it reads them
+        x2d, tail2d = _rows(x), None if x_tail is None else _rows(x_tail)
+        K = x.shape[-1] + (0 if x_tail is None else x_tail.shape[-1])
+        if activation == "none":
+            read_activation, start = tail_activation, x.shape[-1]
+        elif x_tail is None or tail_activation != "none":
+            read_activation, start = activation, 0
+        else:  # GELU on x but not on x_tail: not a suffix of the row
+            read_activation, start = None, 0
+        if (read_activation is not None and granularity == "row" and global_scale is None
+                and (x_tail is None or x.shape[-1] % BLOCK_SIZE == 0)
                 and backend in ("auto", "cuda") and not check_finite
                 and _cuda_unavailable_reason(x2d, scale_search) is None
-                and _cuda_unavailable_reason(tail2d, scale_search) is None
-                and x.shape[-1] + x_tail.shape[-1] <= NVFP4_QUANTIZE_ROWS_MAX_K):
+                and (tail2d is None or _cuda_unavailable_reason(tail2d, scale_search) is None)
+                and K % BLOCK_SIZE == 0 and K <= NVFP4_QUANTIZE_ROWS_MAX_K):
             ref.check_options("fp8_exact", scale_search, granularity)
             _, _, gs, values = _run_kernel(x2d, "cuda", "fp8_exact", scale_search, granularity,
                                            None, False, False, True, x.shape[:-1], tail2d,
-                                           tail_activation)
-            return values.reshape(*x.shape[:-1], -1), gs
-        if tail_activation == "gelu_tanh":
-            x_tail = torch.nn.functional.gelu(x_tail, approximate="tanh")
-        x = torch.cat([x, x_tail], dim=-1)
+                                           read_activation, start)
+            return values.reshape(*x.shape[:-1], K), gs
+        if activation == "gelu_tanh":
+            x = torch.nn.functional.gelu(x, approximate="tanh")
+        if x_tail is not None:
+            if tail_activation == "gelu_tanh":
+                x_tail = torch.nn.functional.gelu(x_tail, approximate="tanh")
+            x = torch.cat([x, x_tail], dim=-1)
     ref.check_input(x, "x", check_finite)
     ref.check_options("fp8_exact", scale_search, granularity)
     x2d = _rows(x)
