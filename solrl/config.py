@@ -161,8 +161,8 @@ class TrainConfig:
     """bf16 autocast for the policy's forwards (also on CPU, where "no" is much faster)."""
     compile: bool = False
     """torch.compile the rollout copy: BF16 regeneration and pools, and the NVFP4 previews under
-    rollout_mode (FLUX.1 widths, batch 4, H200: 1.32x compiled BF16, against 1.21x eager; bench/
-    RESULTS.md §7c). Dynamo keeps one graph per mode and shape: re-quantizing the weights each
+    rollout_mode (FLUX.1 widths, batch 4, H200: 1.39x compiled BF16, against 1.22x eager; bench/
+    RESULTS.md §7h). Dynamo keeps one graph per mode and shape: re-quantizing the weights each
     iteration does not recompile. The first iteration pays the compile time."""
 
     def __post_init__(self):

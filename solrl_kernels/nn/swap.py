@@ -210,7 +210,8 @@ def _gelu_readers(seq: nn.Module, swapped: Callable[[str, nn.Module], bool]) -> 
     children = list(seq.named_children())
     readers = {}
     for i, (attr, m) in enumerate(children):
-        if not (_is_tanh_gelu(m) and _layer_kind(m.proj) == "linear" and swapped(f"{attr}.proj", m.proj)):
+        if not (_is_tanh_gelu(m) and _layer_kind(m.proj) == "linear"
+                and swapped(f"{attr}.proj", m.proj)):
             continue
         for nxt_attr, nxt in children[i + 1:]:
             if isinstance(nxt, nn.Identity) or isinstance(nxt, nn.Dropout) and nxt.p == 0:
