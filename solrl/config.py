@@ -293,13 +293,18 @@ def _field_types(cls) -> dict[str, Any]:
 
 def valid_keys(cls=Config, prefix: str = "") -> list[str]:
     """Every settable dotted key, e.g. ['algorithm', ..., 'train.lr', ...]."""
-    keys = []
+    return list(_key_types(cls, prefix))
+
+
+def _key_types(cls=Config, prefix: str = "") -> dict[str, type]:
+    """{dotted key: its field type} for every settable key."""
+    types = {}
     for name, tp in _field_types(cls).items():
         if dataclasses.is_dataclass(tp):
-            keys += valid_keys(tp, f"{prefix}{name}.")
+            types.update(_key_types(tp, f"{prefix}{name}."))
         else:
-            keys.append(prefix + name)
-    return keys
+            types[prefix + name] = tp
+    return types
 
 
 def unknown_key_error(key: str, where: str) -> KeyError:
@@ -500,8 +505,9 @@ def _pop_meta(argv: list[str]) -> tuple[dict[str, str], list[str]]:
 
 
 def _expand_overrides(argv: list[str]) -> list[str]:
-    """`train.lr=1e-4` -> `--train.lr 1e-4`, checking every key (and --key) against the config."""
-    keys = set(valid_keys())
+    """`train.lr=1e-4` -> `--train.lr 1e-4`, checking every key (and --key) against the config.
+    A bool takes true/false in any case (`train.compile=true`, as YAML writes it)."""
+    keys = _key_types()
     out = []
     for a in argv:
         if a.startswith("--"):
@@ -513,6 +519,8 @@ def _expand_overrides(argv: list[str]) -> list[str]:
             key, val = a.split("=", 1)
             if key not in keys:
                 raise unknown_key_error(key, "command line")
+            if keys[key] is bool and val.lower() in ("true", "false"):
+                val = val.capitalize()
             out += [f"--{key}", val]
         else:
             out.append(a)

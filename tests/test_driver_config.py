@@ -26,6 +26,19 @@ def test_official_sol_rl_defaults_in_sana_preset(tmp_path):
     assert cfg.algorithm == "sol_rl" and r.preview_linear == "nvfp4" and r.preview_attention == "bf16"
 
 
+def test_real_model_presets_compile_rollouts(tmp_path):
+    """The GPU presets compile the rollout copy (RESULTS 7h); the toy presets do not."""
+    for name in ("flux", "sd35l", "sana"):
+        assert C.parse_args(["--preset", name, f"model.path={tmp_path}"]).train.compile is True
+        off = C.parse_args(["--preset", name, f"model.path={tmp_path}", "train.compile=false"])
+        assert off.train.compile is False
+    assert C.parse_args(["--preset", "toy-gpu"]).train.compile is False
+    # key=value bools in YAML's spelling too (README writes train.compile=true)
+    assert C.parse_args(["--preset", "toy-gpu", "train.compile=TRUE"]).train.compile is True
+    with pytest.raises(SystemExit):
+        C.parse_args(["--preset", "toy-gpu", "train.compile=maybe"])
+
+
 def test_default_preset_is_toy():
     cfg = C.parse_args([])
     assert cfg.preset in ("toy-cpu", "toy-gpu") and cfg.model.kind == "toy"
