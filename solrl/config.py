@@ -163,7 +163,8 @@ class TrainConfig:
     """torch.compile the rollout copy: BF16 regeneration and pools, and the NVFP4 previews under
     rollout_mode (FLUX.1 widths, batch 4, H200: 1.39x compiled BF16, against 1.22x eager; bench/
     RESULTS.md §7h). Dynamo keeps one graph per mode and shape: re-quantizing the weights each
-    iteration does not recompile. The first iteration pays the compile time."""
+    iteration does not recompile. The first iteration pays the compile time; should compiling
+    fail, the run warns and samples eagerly from then on."""
 
     def __post_init__(self):
         for name in ("lora_rank", "lora_alpha", "lr", "adam_eps", "max_grad_norm", "micro_batch",

@@ -322,6 +322,26 @@ def _grid(n_prompts: int, per_prompt: int) -> tuple[torch.Tensor, torch.Tensor]:
     return pidx, cand
 
 
+def eager_if_compile_fails(run: Run, sample: Callable[[torch.nn.Module], Rollouts],
+                           net: torch.nn.Module) -> Rollouts:
+    """sample(net). Where net is the compiled rollout copy and torch.compile fails on it (an
+    error of Dynamo or Inductor, raised at the first call), warn once, run eagerly from then on
+    and sample again: the seeds are per candidate, so the samples are the same."""
+    if net is not run.rollout_fast or net is run.policy.rollout:
+        return sample(net)
+    from torch._dynamo.exc import TorchDynamoException  # Inductor's errors derive from it
+
+    try:
+        return sample(net)
+    except TorchDynamoException as e:
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        print(f"solrl: warning: torch.compile failed on the rollout copy ({type(e).__name__}: "
+              f"{first_line[:300]}); running it eagerly from now on (train.compile=false skips "
+              "the attempt)", file=sys.stderr, flush=True)
+        run.rollout_fast = run.policy.rollout
+        return sample(run.rollout_fast)
+
+
 def explore(run: Run, prompts, uids, cond, show: int) -> Rollouts | None:
     """Stage one: N candidates per prompt. sol_rl: NVFP4 preview at preview_steps (ODE).
     bf16_pool: BF16 at full steps. naive_fp4: NVFP4 at full steps. bf16: none."""
@@ -337,15 +357,19 @@ def explore(run: Run, prompts, uids, cond, show: int) -> Rollouts | None:
     # BF16 pools for Flow-GRPO sample the policy itself (log-probs must match the training numerics)
     net = run.rollout_fast if sde is None else run.policy.net
     autocast = run.policy.autocast if net is run.policy.net else contextlib.nullcontext
-    ctx = (fp4_rollouts(net, r.preview_linear, r.preview_attention, r.fp4_min_features,
-                        r.fp4_exclude) if fp4 else contextlib.nullcontext())  # fmt: skip
-    with ctx, progress_bar(run, len(pidx), "preview" if cfg.algorithm == "sol_rl" else "rollout") as bar:
-        return generate(
-            run.model, net, cond, prompts, pidx, cand, uids,
-            seed=cfg.seed, steps=steps, shift=run.shift, batch_size=r.batch_size,
-            reward_fn=run.reward_fn, sde_noise_level=sde, keep_images=pidx < show,
-            autocast=autocast, progress=bar,
-        )  # fmt: skip
+
+    def sample(net):
+        ctx = (fp4_rollouts(net, r.preview_linear, r.preview_attention, r.fp4_min_features,
+                            r.fp4_exclude) if fp4 else contextlib.nullcontext())  # fmt: skip
+        with ctx, progress_bar(run, len(pidx), "preview" if cfg.algorithm == "sol_rl" else "rollout") as bar:
+            return generate(
+                run.model, net, cond, prompts, pidx, cand, uids,
+                seed=cfg.seed, steps=steps, shift=run.shift, batch_size=r.batch_size,
+                reward_fn=run.reward_fn, sde_noise_level=sde, keep_images=pidx < show,
+                autocast=autocast, progress=bar,
+            )  # fmt: skip
+
+    return eager_if_compile_fails(run, sample, net)
 
 
 def choose(run: Run, it: int, pool: Rollouts | None, n_prompts: int) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -371,13 +395,17 @@ def regenerate(run: Run, prompts, uids, cond, pool, pidx, cand, show: int) -> Ro
     # DiffusionNFT samples from the old policy's merged BF16 copy (optionally compiled).
     net = run.policy.net if grpo else run.rollout_fast
     autocast = run.policy.autocast if grpo else contextlib.nullcontext
-    with progress_bar(run, len(pidx), "regenerate") as bar:
-        return generate(
-            run.model, net, cond, prompts, pidx, cand, uids,
-            seed=cfg.seed, steps=r.steps, shift=run.shift, batch_size=r.batch_size,
-            reward_fn=run.reward_fn, sde_noise_level=r.noise_level if grpo else None,
-            keep_images=pidx < show, autocast=autocast, progress=bar,
-        )  # fmt: skip
+
+    def sample(net):
+        with progress_bar(run, len(pidx), "regenerate") as bar:
+            return generate(
+                run.model, net, cond, prompts, pidx, cand, uids,
+                seed=cfg.seed, steps=r.steps, shift=run.shift, batch_size=r.batch_size,
+                reward_fn=run.reward_fn, sde_noise_level=r.noise_level if grpo else None,
+                keep_images=pidx < show, autocast=autocast, progress=bar,
+            )  # fmt: skip
+
+    return eager_if_compile_fails(run, sample, net)
 
 
 def advantages(run: Run, data: Rollouts) -> tuple[Rollouts, torch.Tensor, int]:

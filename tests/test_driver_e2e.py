@@ -250,6 +250,37 @@ def test_gpu_two_iterations_nvfp4_preview(tmp_path, algorithm, objective):
     assert _finite_params(model.transformer)
 
 
+def test_a_failing_compile_falls_back_to_eager_rollouts(tmp_path, monkeypatch, capsys):
+    """train.compile is on in the real-model presets: where torch.compile fails on the rollout
+    copy, the run warns once, samples eagerly from then on, and gives the eager run's results
+    (the failed stage is sampled again with the same per-candidate seeds)."""
+    from solrl import train as train_mod
+
+    class FailsToCompile(torch.nn.Module):  # stands in for torch.compile's OptimizedModule
+        def __init__(self, module):
+            super().__init__()
+            self._orig_mod = module
+            self.calls = 0
+
+        def forward(self, *args, **kwargs):
+            self.calls += 1
+            raise torch._dynamo.exc.TorchDynamoException("fake backend failure\nmore")
+
+    compiled = []
+    monkeypatch.setattr(train_mod.torch, "compile",
+                        lambda m: compiled.append(FailsToCompile(m)) or compiled[-1])
+    over = {"algorithm": "sol_rl", "iterations": 2, "eval.every": 0}
+    rows = read_jsonl(os.path.join(run(tiny_cfg(tmp_path, "fallback", **over,
+                                                **{"train.compile": True})), "metrics.jsonl"))
+    err = capsys.readouterr().err
+    assert err.count("torch.compile failed on the rollout copy") == 1, err
+    assert "TorchDynamoException: fake backend failure)" in err
+    assert len(compiled) == 1 and compiled[0].calls == 1  # tried once, then eager throughout
+    eager = read_jsonl(os.path.join(run(tiny_cfg(tmp_path, "eager", **over)), "metrics.jsonl"))
+    for key in ("reward_fp4_mean", "reward_bf16_mean", "loss"):
+        assert [r[key] for r in rows] == [r[key] for r in eager], key
+
+
 def test_compiled_rollouts_do_not_recompile_per_iteration(tmp_path):
     """train.compile: the NVFP4 previews (under rollout_mode) and the BF16 regeneration run the
     compiled rollout copy. Each iteration re-quantizes the weights into new NVFP4Linear modules;
