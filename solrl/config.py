@@ -161,10 +161,11 @@ class TrainConfig:
     """bf16 autocast for the policy's forwards (also on CPU, where "no" is much faster)."""
     compile: bool = False
     """torch.compile the rollout copy (on in the flux, sd35l and sana presets): BF16
-    regeneration and pools, and the NVFP4 previews under rollout_mode (FLUX.1 widths, batch 4, H200: 1.39x compiled BF16, against 1.22x eager; bench/
-    RESULTS.md §7h). Dynamo keeps one graph per mode and shape: re-quantizing the weights each
-    iteration does not recompile. The first iteration pays the compile time; should compiling
-    fail, the run warns and samples eagerly from then on."""
+    regeneration and pools, and the NVFP4 previews under rollout_mode (FLUX.1 widths, batch 4,
+    H200: 1.39x compiled BF16, against 1.22x eager; bench/RESULTS.md §7h). Dynamo keeps one
+    graph per mode and shape: re-quantizing the weights each iteration does not recompile. The
+    first iteration pays the compile time; should compiling fail, the run warns and samples
+    eagerly from then on."""
 
     def __post_init__(self):
         for name in ("lora_rank", "lora_alpha", "lr", "adam_eps", "max_grad_norm", "micro_batch",
