@@ -13,10 +13,10 @@ epilogue instead of its second layer's input quantization (swap.py).
 Builds a model of bench/test_bench_transformer.py (--model: flux1-dev, 2 double + 4 single
 blocks; sd35-large, 4 blocks; sana-1.6b, 4 blocks; 1024 px), runs a few eager forwards under
 torch.profiler and groups the CUDA kernels by what they do (GEMM, our quantization, attention,
-the rest: norms, modulation, RoPE, GELU, copies), in ms per forward. Answers "what is left to speed up" with a measurement instead of
-a FLOP count. Kernel time only; the host (eager launches) is not counted. --compile profiles
-torch.compile(model) instead (Inductor's fused kernels get their own category), to see what
-is left once the element-wise ops are fused.
+the rest: norms, modulation, RoPE, GELU, copies), in ms per forward. Answers "what is left to
+speed up" with a measurement instead of a FLOP count. Kernel time only; the host (eager
+launches) is not counted. --compile profiles torch.compile(model) instead (Inductor's fused
+kernels get their own category), to see what is left once the element-wise ops are fused.
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ from .._backends import (
     plain_eager,
     triton_available,
 )
+from ..nvfp4.api import activated_input, check_input_activation
 from ..nvfp4.tensor import NVFP4Tensor
 from . import ops, triton_launch
 from .activation_cache import quantize_activation, set_activation_reuse
@@ -247,9 +248,8 @@ def nvfp4_linear(
                              f"got {tuple(x.shape)} and {tuple(x_tail.shape)}")
     elif x.dim() == 0 or x.shape[-1] != K:
         raise ValueError(f"x must have shape (..., {K}), got {tuple(x.shape)}")
-    for arg, act in (("x_activation", x_activation), ("x_tail_activation", x_tail_activation)):
-        if act not in ("none", "gelu_tanh"):
-            raise ValueError(f"{arg} must be 'none' or 'gelu_tanh', got {act!r}")
+    check_input_activation("x_activation", x_activation)
+    check_input_activation("x_tail_activation", x_tail_activation)
     if bias is not None and tuple(bias.shape) != (N,):
         raise ValueError(f"bias must have shape ({N},), got {tuple(bias.shape)}")
     check_activation(activation)
@@ -282,12 +282,8 @@ def run_planned(x: torch.Tensor, w: NVFP4Tensor | FP8Weight, bias: torch.Tensor 
     N, K = w.shape
     lead = x.shape[:-1]
     if blackwell or name == "emulated":  # no activation quantizer to read the input
-        if x_activation == "gelu_tanh":
-            x, x_activation = torch.nn.functional.gelu(x, approximate="tanh"), "none"
-        if x_tail is not None:
-            if x_tail_activation == "gelu_tanh":
-                x_tail = torch.nn.functional.gelu(x_tail, approximate="tanh")
-            x, x_tail = torch.cat([x, x_tail], dim=-1), None
+        x = activated_input(x, x_tail, x_activation, x_tail_activation)
+        x_tail, x_activation = None, "none"
     x2 = x.reshape(-1, x.shape[-1])
     # how the activation quantizer reads the input: (x2_tail, x_tail_activation, x_activation)
     read = (None if x_tail is None else x_tail.reshape(-1, x_tail.shape[-1]), x_tail_activation,

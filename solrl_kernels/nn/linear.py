@@ -21,6 +21,7 @@ from ..gemm import (
 )
 from ..gemm.reference import ACTIVATIONS
 from ..gemm.weight import WEIGHT_STORAGES, WeightStorage
+from ..nvfp4.api import check_input_activation
 from ..nvfp4.tensor import BLOCK_SIZE, NVFP4Tensor, ScaleRule
 
 
@@ -75,9 +76,7 @@ class NVFP4Linear(nn.Module):
                              f"{scale_rule!r}; use weight_storage='packed' for 'rn'")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-        if input_activation not in ("none", "gelu_tanh"):
-            raise ValueError("input_activation must be 'none' or 'gelu_tanh', got "
-                             f"{input_activation!r}")
+        check_input_activation("input_activation", input_activation)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.in_features, self.out_features = in_features, out_features
@@ -209,9 +208,7 @@ class NVFP4Linear(nn.Module):
         if width != self.in_features:
             raise ValueError(f"expected input (..., {self.in_features}), got {tuple(x.shape)}"
                              + ("" if x_tail is None else f" + {tuple(x_tail.shape)}"))
-        if x_tail_activation not in ("none", "gelu_tanh"):
-            raise ValueError("x_tail_activation must be 'none' or 'gelu_tanh', got "
-                             f"{x_tail_activation!r}")
+        check_input_activation("x_tail_activation", x_tail_activation)
         plan = self._plans.get((x.device, x.dtype))
         if plan is None or x_tail is not None and x_tail.dtype != x.dtype:
             # another device or dtype than planned: the checked entry point

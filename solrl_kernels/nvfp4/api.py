@@ -212,6 +212,26 @@ def quantize(
     )
 
 
+INPUT_ACTIVATIONS = ("none", "gelu_tanh")  # what the CUDA row quantizer applies as it reads
+
+
+def check_input_activation(arg: str, act: str) -> None:
+    """ValueError unless act (the argument named arg) is one of INPUT_ACTIVATIONS."""
+    if act not in INPUT_ACTIVATIONS:
+        raise ValueError(f"{arg} must be 'none' or 'gelu_tanh', got {act!r}")
+
+
+def activated_input(x: torch.Tensor, x_tail: torch.Tensor | None = None,
+                    activation: str = "none", tail_activation: str = "none") -> torch.Tensor:
+    """cat([activation(x), tail_activation(x_tail)], -1) (x alone without x_tail) as torch ops:
+    what the CUDA row quantizer reads in place, for the paths that cannot."""
+    def act(t, name):
+        return torch.nn.functional.gelu(t, approximate="tanh") if name == "gelu_tanh" else t
+
+    x = act(x, activation)
+    return x if x_tail is None else torch.cat([x, act(x_tail, tail_activation)], dim=-1)
+
+
 def quantize_to_fp8(
     x: torch.Tensor,
     granularity: Granularity = "row",
@@ -239,9 +259,8 @@ def quantize_to_fp8(
     x_tail); the CUDA quantizer applies it as it reads where the GELU'd columns end the row
     (no x_tail, or tail_activation too), elsewhere torch's GELU runs first.
     """
-    for arg, act in (("activation", activation), ("tail_activation", tail_activation)):
-        if act not in ("none", "gelu_tanh"):
-            raise ValueError(f"{arg} must be 'none' or 'gelu_tanh', got {act!r}")
+    check_input_activation("activation", activation)
+    check_input_activation("tail_activation", tail_activation)
     if x_tail is not None and (x_tail.shape[:-1] != x.shape[:-1] or x_tail.dtype != x.dtype):
         raise ValueError(f"x_tail must have x's leading dims and dtype: x {tuple(x.shape)} "
                          f"{x.dtype}, x_tail {tuple(x_tail.shape)} {x_tail.dtype}")
@@ -267,12 +286,7 @@ def quantize_to_fp8(
                                            None, False, False, True, x.shape[:-1], tail2d,
                                            read_activation, start)
             return values.reshape(*x.shape[:-1], K), gs
-        if activation == "gelu_tanh":
-            x = torch.nn.functional.gelu(x, approximate="tanh")
-        if x_tail is not None:
-            if tail_activation == "gelu_tanh":
-                x_tail = torch.nn.functional.gelu(x_tail, approximate="tanh")
-            x = torch.cat([x, x_tail], dim=-1)
+        x = activated_input(x, x_tail, activation, tail_activation)
     ref.check_input(x, "x", check_finite)
     ref.check_options("fp8_exact", scale_search, granularity)
     x2d = _rows(x)
