@@ -161,11 +161,16 @@ class TrainConfig:
     """bf16 autocast for the policy's forwards (also on CPU, where "no" is much faster)."""
     compile: bool = False
     """torch.compile the rollout copy (on in the flux, sd35l and sana presets): BF16
-    regeneration and pools, and the NVFP4 previews under rollout_mode (FLUX.1 widths, batch 4,
-    H200: 1.39x compiled BF16, against 1.22x eager; bench/RESULTS.md §7h). Dynamo keeps one
-    graph per mode and shape: re-quantizing the weights each iteration does not recompile. The
-    first iteration pays the compile time; should compiling fail, the run warns and samples
-    eagerly from then on."""
+    regeneration and pools, and the NVFP4 previews under rollout_mode (batch 4 at real widths,
+    H200, against compiled BF16: FLUX.1 1.39-1.46x (1.22x eager), SD3.5-L 1.26x, SANA 1.18x;
+    bench/RESULTS.md §7h, §7i). Dynamo keeps one graph per mode and shape: re-quantizing the
+    weights each iteration does not recompile. The first iteration pays the compile time;
+    should compiling fail, the run warns and samples eagerly from then on."""
+    gradient_checkpointing: bool = False
+    """Recompute each transformer block in the backward pass instead of keeping its activations
+    (diffusers' enable_gradient_checkpointing): on in the flux, sd35l and sana presets, whose
+    training forwards would not fit otherwise (bench/RESULTS.md §8); costs about one more
+    forward per update. Rollouts are unaffected (no grad)."""
 
     def __post_init__(self):
         for name in ("lora_rank", "lora_alpha", "lr", "adam_eps", "max_grad_norm", "micro_batch",

@@ -9,6 +9,8 @@ FP4-vs-BF16 sample grids, atomic checkpoints, and the end-of-run summary table.
   samples/iter_XXXXXX.png  FP4 preview vs BF16 regeneration of the same seeds
   tb/                    TensorBoard events
   checkpoints/iter_XXXXXX/  policy.safetensors, optimizer.pt, state.json (last N kept)
+  fp4_layers.txt         which layers the FP4 rollouts run in NVFP4, which stay high precision, why
+  environment.txt        per session (start, resumes): versions, device, solrl commit
 
 metrics.jsonl keys (null where not applicable to the algorithm):
   iteration, time_s (wall-clock since the run began, across resumes), iter_s, preview_s
@@ -27,10 +29,13 @@ metrics.jsonl keys (null where not applicable to the algorithm):
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
+import platform
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +200,44 @@ class RunLogger:
 
 
 # --- checkpoints --------------------------------------------------------------------------------
+
+
+def environment(device: torch.device) -> list[str]:
+    """What a run's numbers depend on beyond its config: package versions, the device (CPU model
+    too: CPU kernels differ between machines), the solrl source commit when it is a git checkout."""
+    from importlib import metadata
+
+    def version(pkg: str) -> str:
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return "-"
+
+    pkgs = ("triton", "diffusers", "transformers", "peft", "numpy")
+    lines = [f"python {platform.python_version()}", f"torch {torch.__version__} (CUDA {torch.version.cuda})",
+             *(f"{p} {version(p)}" for p in pkgs)]  # fmt: skip
+    cpu = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    lines.append(f"cpu {cpu} ({os.cpu_count()} cores)")
+    if device.type == "cuda":
+        lines.append(f"gpu {torch.cuda.get_device_name(device)}")
+    src = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(src), "describe", "--always", "--dirty", "--abbrev=7"],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    lines.append(f"solrl {commit or 'not a git checkout'} ({src})")
+    return lines
+
+
+def write_environment(run_dir: str, device: torch.device) -> None:
+    """Append this session's environment to <run_dir>/environment.txt (a resume adds one)."""
+    stamp = datetime.datetime.now().isoformat(timespec="seconds")
+    with open(os.path.join(run_dir, "environment.txt"), "a") as f:
+        f.write("\n".join([f"# session started {stamp}", *environment(device), ""]) + "\n")
 
 
 def save_checkpoint(

@@ -40,6 +40,17 @@ DEFAULT_LORA_TARGETS = (
 )  # fmt: skip
 
 
+def training_attention() -> contextlib.AbstractContextManager:
+    """SDPA backends for the policy's forward and backward passes (activation recomputation
+    included): all but cuDNN, whose backward fails at FLUX.1's training shapes (torch 2.11 on the
+    H200: an illegal memory access, or "mha_graph.execute(...).is_good()"; bench/RESULTS.md §8,
+    pytorch/pytorch#134001). Rollouts, with no backward, keep cuDNN. The backend flags are
+    global, so the autograd engine's threads see them too."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
 def old_decay(step: int, rate: float, max_decay: float) -> float:
     """Old-policy EMA decay after `step` optimiser steps: min(rate * step, max) (official
     decay_type 1: rate 0.001, max 0.5; 0 at the start, so the old policy first tracks the new)."""
@@ -58,6 +69,7 @@ class Policy:
         rollout_dtype: torch.dtype = torch.bfloat16,
         mixed_precision: str = "bf16",
         init_seed: int = 0,
+        gradient_checkpointing: bool = False,
     ):
         base = model.transformer
         self.finetune = finetune
@@ -97,6 +109,12 @@ class Policy:
                 self._ref = copy.deepcopy(self.net).to(rollout_dtype).requires_grad_(False).eval()
         else:
             raise ValueError(f"finetune must be 'lora' or 'full', got {finetune!r}")
+        if gradient_checkpointing:  # after the copies: rollouts and old/reference run no_grad
+            enable = getattr(base, "enable_gradient_checkpointing", None)
+            if enable is None or not getattr(base, "_supports_gradient_checkpointing", False):
+                raise ValueError(f"train.gradient_checkpointing: {type(base).__name__} does not "
+                                 "support gradient checkpointing (a diffusers transformer does)")
+            enable()  # diffusers: recompute each block in backward, only when grad is enabled
         self.copy_to_old()
         self.refresh_rollout()
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -23,6 +24,9 @@ from .models.base import Conditioning, DiffusionModel, index_cond
 from .sampling import ode_sample, sde_sample
 from .seeds import STREAM_ROLLOUT, gaussian_noise, step_word
 from .selection import Strategy, select
+
+if TYPE_CHECKING:
+    from solrl_kernels.nn import QuantizationReport
 
 RewardFn = Callable[[torch.Tensor, list[str]], torch.Tensor]
 
@@ -34,13 +38,15 @@ def fp4_rollouts(
     attention: str = "bf16",
     min_features: int = 256,
     exclude: tuple[str, ...] = (),
-) -> Iterator[None]:
+) -> Iterator[QuantizationReport | None]:
     """Run `module`'s linear layers (and attention) in low precision inside the block, through
     solrl_kernels.nn.rollout_mode (quantized on entry: the current weights, restored on exit).
     exclude: regexes of layers kept in high precision, added to rollout_mode's defaults
-    (embedders, adaLN, final layer). linear="bf16" and attention="bf16" is a no-op."""
+    (embedders, adaLN, final layer). linear="bf16" and attention="bf16" is a no-op.
+    Yields rollout_mode's QuantizationReport (which layers were swapped, which kept and why),
+    or None for the no-op."""
     if linear == "bf16" and attention == "bf16":
-        yield
+        yield None
         return
     try:
         from solrl_kernels.nn import DEFAULT_EXCLUDE, rollout_mode
@@ -52,8 +58,8 @@ def fp4_rollouts(
         ) from e
     skip = tuple(DEFAULT_EXCLUDE) + tuple(exclude)
     with rollout_mode(module, linear=linear, attention=attention, min_features=min_features,
-                      exclude=skip):  # fmt: skip
-        yield
+                      exclude=skip) as report:  # fmt: skip
+        yield report
 
 
 @dataclass

@@ -42,6 +42,7 @@ from .metrics import (
     save_checkpoint,
     summary_table,
     truncate_jsonl,
+    write_environment,
 )
 from .models.base import Conditioning, DiffusionModel, index_cond
 from .objectives import (
@@ -51,7 +52,7 @@ from .objectives import (
     nft_kl,
     nft_loss,
 )
-from .policy import Policy, old_decay
+from .policy import Policy, old_decay, training_attention
 from .rollout import Rollouts, fp4_rollouts, generate, select_per_prompt
 from .sampling import sde_log_prob, sde_sigma_t, sde_step_mean, sigma_schedule
 from .seeds import STREAM_EVAL, derive_seed
@@ -88,6 +89,7 @@ class Run:
     elapsed_before: float = 0.0  # wall-clock of earlier sessions (resume)
     t_start: float = 0.0
     rollout_fast: torch.nn.Module | None = None  # the BF16 rollout copy, maybe torch.compile'd
+    fp4_layers_written: bool = False  # fp4_layers.txt, once per session
 
     @property
     def main(self) -> bool:
@@ -249,6 +251,7 @@ def setup(
         rollout_dtype=rollout_dtype,
         mixed_precision=tc.mixed_precision,
         init_seed=derive_seed(cfg.seed, TAG_INIT),
+        gradient_checkpointing=tc.gradient_checkpointing,
     )
     optimizer = torch.optim.AdamW(
         policy.trainable_parameters(),
@@ -279,6 +282,7 @@ def setup(
                     bound = run.start_iteration + (1 if key == "updates" else 0)
                     truncate_jsonl(path, key, bound)
         save_yaml(cfg, os.path.join(run_dir, "config.yaml"))
+        write_environment(run_dir, device)
         run.logger = RunLogger(run_dir, cfg.log.tensorboard, purge_step=run.start_iteration)
     policy.net.eval()
     run.rollout_fast = torch.compile(policy.rollout) if tc.compile else policy.rollout
@@ -361,7 +365,9 @@ def explore(run: Run, prompts, uids, cond, show: int) -> Rollouts | None:
     def sample(net):
         ctx = (fp4_rollouts(net, r.preview_linear, r.preview_attention, r.fp4_min_features,
                             r.fp4_exclude) if fp4 else contextlib.nullcontext())  # fmt: skip
-        with ctx, progress_bar(run, len(pidx), "preview" if cfg.algorithm == "sol_rl" else "rollout") as bar:
+        with ctx as report, progress_bar(run, len(pidx), "preview" if cfg.algorithm == "sol_rl" else "rollout") as bar:
+            if report is not None and not run.fp4_layers_written:
+                write_fp4_layers(run, report)
             return generate(
                 run.model, net, cond, prompts, pidx, cand, uids,
                 seed=cfg.seed, steps=steps, shift=run.shift, batch_size=r.batch_size,
@@ -370,6 +376,21 @@ def explore(run: Run, prompts, uids, cond, show: int) -> Rollouts | None:
             )  # fmt: skip
 
     return eager_if_compile_fails(run, sample, net)
+
+
+def write_fp4_layers(run: Run, report) -> None:
+    """At the first FP4 rollout: which layers run in NVFP4 and which stay high precision (with
+    the reason), in the run directory's fp4_layers.txt; the one-line summary on stdout."""
+    run.fp4_layers_written = True
+    if not run.main:
+        return
+    path = os.path.join(run.run_dir, "fp4_layers.txt")
+    lines = [report.summary(), "", f"NVFP4 ({len(report.swapped)}):", *report.swapped, "",
+             f"kept in high precision ({len(report.skipped)}):",
+             *(f"{name}: {why}" for name, why in report.skipped.items())]  # fmt: skip
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"solrl: {report.summary()} (list: {path})", flush=True)
 
 
 def choose(run: Run, it: int, pool: Rollouts | None, n_prompts: int) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -478,7 +499,7 @@ def update(run: Run, it: int, data: Rollouts, adv: torch.Tensor, cond: Condition
     dev_gen = torch.Generator(run.device).manual_seed(derive_seed(cfg.seed, TAG_TRAIN, it, run.rank, 1))
     params = policy.trainable_parameters()
     policy.net.train()
-    with progress_bar(run, tc.inner_epochs * n * t_train, "train", unit="sample") as bar:
+    with progress_bar(run, tc.inner_epochs * n * t_train, "train", unit="sample") as bar, training_attention():
         for _ in range(tc.inner_epochs):
             # per sample, a random subset of the rollout's timesteps (Flow-GRPO / official NFT)
             t_idx = torch.zeros(n, t_train, dtype=torch.int64)  # [S, t_train]

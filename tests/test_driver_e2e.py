@@ -92,8 +92,15 @@ def test_two_iterations(tmp_path, algorithm, objective):
         assert any(r["spearman_fp4_bf16"] is not None for r in rows)
     files = set(os.listdir(run_dir))
     assert {"config.yaml", "metrics.jsonl", "eval.jsonl", "reward.png", "summary.txt", "samples",
-            "checkpoints"} <= files
+            "checkpoints", "environment.txt"} <= files
     assert os.listdir(os.path.join(run_dir, "samples"))
+    assert ("fp4_layers.txt" in files) == (algorithm in ("sol_rl", "naive_fp4"))
+    if "fp4_layers.txt" in files:  # the swap report: NVFP4 layers, and the kept ones with a reason
+        text = open(os.path.join(run_dir, "fp4_layers.txt")).read()
+        n_swapped = int(text.split("layers swapped")[0].split()[-1])
+        assert text.startswith("NVFP4: ") and n_swapped > 0, text
+        assert f"NVFP4 ({n_swapped}):" in text and "kept in high precision (" in text
+        assert ": excluded by " in text, text  # embedders, adaLN, final layer (DEFAULT_EXCLUDE)
     assert len(read_jsonl(os.path.join(run_dir, "eval.jsonl"))) == 3  # before, after each iteration
     ckpts = sorted(os.listdir(os.path.join(run_dir, "checkpoints")))
     assert ckpts == ["iter_000000", "iter_000001"]
@@ -139,6 +146,8 @@ def test_resume_gives_the_same_metrics(tmp_path):
     assert rows_resumed[-1]["time_s"] > rows_resumed[1]["time_s"]  # wall-clock carried over
     evals = read_jsonl(os.path.join(run_dir, "eval.jsonl"))
     assert [e["updates"] for e in evals] == [0, 1, 2, 3, 4]
+    env = open(os.path.join(run_dir, "environment.txt")).read()  # one section per session
+    assert env.count("# session started ") == 2 and env.count(f"\ntorch {torch.__version__} (CUDA ") == 2, env
 
 
 def test_refuses_to_overwrite_a_run(tmp_path):
@@ -231,6 +240,26 @@ def test_bf16_weights_and_autocast(tmp_path, objective):
     lora = [p for n, p in model.transformer.named_parameters() if "lora_" in n]
     assert lora and all(p.dtype == torch.float32 for p in lora)
     assert all(p.dtype == torch.bfloat16 for n, p in model.transformer.named_parameters() if "lora_" not in n)
+
+
+@pytest.mark.parametrize("objective", ["nft", "grpo"])
+def test_training_passes_avoid_cudnn_attention(tmp_path, monkeypatch, objective):
+    """cuDNN's SDPA backward fails at FLUX.1 training shapes (RESULTS §8): the policy's
+    forwards with grad, and so their backward, run with cuDNN attention off; rollouts keep it."""
+    from solrl.policy import Policy
+
+    seen = {True: [], False: []}  # grad enabled -> cuDNN SDPA enabled at each policy forward
+    velocity = Policy.velocity
+
+    def spy(self, *args, **kwargs):
+        seen[torch.is_grad_enabled()].append(torch.backends.cuda.cudnn_sdp_enabled())
+        return velocity(self, *args, **kwargs)
+
+    monkeypatch.setattr(Policy, "velocity", spy)
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    run(tiny_cfg(tmp_path, objective, iterations=1, **{"train.objective": objective, "eval.every": 0}))
+    assert seen[True] and not any(seen[True]), seen
+    assert torch.backends.cuda.cudnn_sdp_enabled()  # restored after the update
 
 
 @pytest.mark.gpu

@@ -3,6 +3,7 @@
 reproduces the diffusers pipeline's own latents exactly (same sigmas, guidance 1 / embedded)."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -65,7 +66,8 @@ def _check_adapter(m, pipe_latents_fn, n_steps=4):
         m.velocity(noise[:, :1], torch.ones(2), cond)
 
 
-def test_sd3_adapter_matches_pipeline(tmp_path):
+def _sd3_pipeline(tmp_path, head_dim=8, heads=4) -> str:
+    """A random SD3 pipeline (two CLIP encoders, no T5) saved under tmp_path; returns its folder."""
     from diffusers import (
         FlowMatchEulerDiscreteScheduler,
         SD3Transformer2DModel,
@@ -73,20 +75,25 @@ def test_sd3_adapter_matches_pipeline(tmp_path):
     )
     from transformers import CLIPTextModelWithProjection
 
-    from solrl.models.sd3 import SD3Model
-
-    torch.manual_seed(0)
     tok, vocab = _clip_tokenizer(tmp_path)
     tr = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=2,
-                               attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
-                               joint_attention_dim=32, pooled_projection_dim=64, out_channels=4)
+                               attention_head_dim=head_dim, num_attention_heads=heads,
+                               caption_projection_dim=head_dim * heads, joint_attention_dim=32,
+                               pooled_projection_dim=64, out_channels=4)
     pipe = StableDiffusion3Pipeline(
         transformer=tr, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_vae(),
         text_encoder=CLIPTextModelWithProjection(_clip_config(vocab)), tokenizer=tok,
         text_encoder_2=CLIPTextModelWithProjection(_clip_config(vocab)), tokenizer_2=tok,
         text_encoder_3=None, tokenizer_3=None)
     pipe.save_pretrained(tmp_path / "sd3")
-    m = SD3Model.from_pretrained(str(tmp_path / "sd3"), dtype="fp32", resolution=16)
+    return str(tmp_path / "sd3")
+
+
+def test_sd3_adapter_matches_pipeline(tmp_path):
+    from solrl.models.sd3 import SD3Model
+
+    torch.manual_seed(0)
+    m = SD3Model.from_pretrained(_sd3_pipeline(tmp_path), dtype="fp32", resolution=16)
     assert m.latent_shape == (4, 8, 8) and m.default_shift == 3.0
 
     def ref(noise):
@@ -96,14 +103,12 @@ def test_sd3_adapter_matches_pipeline(tmp_path):
     _check_adapter(m, ref)
 
 
-def test_flux_adapter_matches_pipeline(tmp_path):
+def _flux_pipeline(tmp_path, head_dim=16, heads=2, rope=(4, 6, 6)) -> str:
+    """A random FLUX.1-dev-like pipeline (CLIP, T5, guidance embedding) saved under tmp_path."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from tokenizers import Tokenizer, models
     from transformers import CLIPTextModel, T5Config, T5EncoderModel, T5TokenizerFast
 
-    from solrl.models.flux import FluxModel, pack_latents, unpack_latents
-
-    torch.manual_seed(0)
     tok, vocab = _clip_tokenizer(tmp_path)
     t5_vocab = ["<pad>", "</s>", "<unk>", *WORDS]
     t5_tok = T5TokenizerFast(tokenizer_object=Tokenizer(models.Unigram([(w, -1.0) for w in t5_vocab], unk_id=2)),
@@ -111,14 +116,21 @@ def test_flux_adapter_matches_pipeline(tmp_path):
     t5 = T5EncoderModel(T5Config(vocab_size=len(t5_vocab), d_model=32, d_kv=8, d_ff=37, num_layers=2,
                                  num_heads=4, decoder_start_token_id=0))
     tr = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
-                                attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
-                                pooled_projection_dim=32, axes_dims_rope=(4, 6, 6), guidance_embeds=True)
+                                attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=32,
+                                pooled_projection_dim=32, axes_dims_rope=rope, guidance_embeds=True)
     sched = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
                                             base_image_seq_len=256, max_image_seq_len=4096)
     pipe = FluxPipeline(transformer=tr, scheduler=sched, vae=_vae(), text_encoder=CLIPTextModel(_clip_config(vocab)),
                         tokenizer=tok, text_encoder_2=t5, tokenizer_2=t5_tok)
     pipe.save_pretrained(tmp_path / "flux")
-    m = FluxModel.from_pretrained(str(tmp_path / "flux"), dtype="fp32", resolution=16, max_sequence_length=8,
+    return str(tmp_path / "flux")
+
+
+def test_flux_adapter_matches_pipeline(tmp_path):
+    from solrl.models.flux import FluxModel, pack_latents, unpack_latents
+
+    torch.manual_seed(0)
+    m = FluxModel.from_pretrained(_flux_pipeline(tmp_path), dtype="fp32", resolution=16, max_sequence_length=8,
                                   guidance_scale=3.5)
     assert m.latent_shape == (4, 8, 8) and m.default_shift > 1
 
@@ -134,7 +146,8 @@ def test_flux_adapter_matches_pipeline(tmp_path):
     _check_adapter(m, ref)
 
 
-def test_sana_adapter_matches_pipeline(tmp_path):
+def _sana_pipeline(tmp_path, head_dim=8, heads=2) -> str:
+    """A random SANA pipeline (Gemma-2 encoder, DC-AE) saved under tmp_path; returns its folder."""
     from diffusers import (
         AutoencoderDC,
         FlowMatchEulerDiscreteScheduler,
@@ -144,9 +157,6 @@ def test_sana_adapter_matches_pipeline(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import Gemma2Config, Gemma2Model, GemmaTokenizerFast
 
-    from solrl.models.sana import SanaModel
-
-    torch.manual_seed(0)
     vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, **{w: i + 4 for i, w in enumerate(WORDS)}}
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -155,9 +165,10 @@ def test_sana_adapter_matches_pipeline(tmp_path):
     te = Gemma2Model(Gemma2Config(vocab_size=len(vocab), hidden_size=32, intermediate_size=37,
                                   num_attention_heads=2, num_key_value_heads=1, head_dim=16,
                                   num_hidden_layers=1, max_position_embeddings=64, pad_token_id=0))
-    tr = SanaTransformer2DModel(patch_size=1, in_channels=4, out_channels=4, num_layers=1, num_attention_heads=2,
-                                attention_head_dim=8, num_cross_attention_heads=2, cross_attention_head_dim=8,
-                                cross_attention_dim=16, caption_channels=32, sample_size=8)
+    tr = SanaTransformer2DModel(patch_size=1, in_channels=4, out_channels=4, num_layers=1, num_attention_heads=heads,
+                                attention_head_dim=head_dim, num_cross_attention_heads=heads,
+                                cross_attention_head_dim=head_dim, cross_attention_dim=head_dim * heads,
+                                caption_channels=32, sample_size=8)
     vae = AutoencoderDC(in_channels=3, latent_channels=4, attention_head_dim=2,
                         encoder_block_types=("ResBlock", "EfficientViTBlock"),
                         decoder_block_types=("ResBlock", "EfficientViTBlock"),
@@ -169,7 +180,14 @@ def test_sana_adapter_matches_pipeline(tmp_path):
     pipe = SanaPipeline(tokenizer=tok, text_encoder=te, vae=vae, transformer=tr,
                         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
     pipe.save_pretrained(tmp_path / "sana")
-    m = SanaModel.from_pretrained(str(tmp_path / "sana"), dtype="fp32", resolution=32, max_sequence_length=8)
+    return str(tmp_path / "sana")
+
+
+def test_sana_adapter_matches_pipeline(tmp_path):
+    from solrl.models.sana import SanaModel
+
+    torch.manual_seed(0)
+    m = SanaModel.from_pretrained(_sana_pipeline(tmp_path), dtype="fp32", resolution=32, max_sequence_length=8)
     assert m.latent_shape == (4, 16, 16) and m.default_shift == 3.0
 
     def ref(noise):
@@ -192,3 +210,50 @@ def test_missing_model_path_is_a_clear_error(kind, tmp_path):
         adapter.from_pretrained(str(tmp_path / "absent"))
     with pytest.raises(FileNotFoundError, match="no model_index.json"):
         adapter.from_pretrained(str(tmp_path))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("preset, build", [("sd35l", _sd3_pipeline), ("flux", _flux_pipeline),
+                                           ("sana", _sana_pipeline)])
+def test_gpu_preset_runs_compiled_nvfp4_previews(preset, build, tmp_path, monkeypatch, capsys):
+    """The real-model presets as users run them on CUDA: bf16 weights, LoRA, train.compile on
+    (the compiled rollout copy runs the NVFP4 previews through our kernels and the BF16
+    regeneration), on a random pipeline 256 wide so that the default swap rules quantize its
+    blocks. Two iterations finish without the eager fallback, the second compiles nothing new,
+    and fp4_layers.txt lists the swapped layers."""
+    from torch._dynamo.utils import counters
+
+    from solrl import train as train_mod
+    from solrl.metrics import read_jsonl
+
+    torch.manual_seed(0)
+    kw = {"flux": dict(rope=(16, 24, 24))}.get(preset, {})
+    path = build(tmp_path, head_dim=64, heads=4, **kw)
+    graphs_at = []
+    explore = train_mod.explore
+    monkeypatch.setattr(train_mod, "explore",
+                        lambda *a, **k: graphs_at.append(counters["stats"]["unique_graphs"]) or explore(*a, **k))
+    torch._dynamo.reset()
+    counters.clear()
+    run_dir = tmp_path / "run"
+    res = 32 if preset == "sana" else 16
+    assert train_mod.main([
+        "--preset", preset, f"model.path={path}", f"model.resolution={res}", "model.max_sequence_length=8",
+        "device=cuda", "iterations=2", "reward=jpeg_compressibility", "rollout.prompts_per_iter=2",
+        "rollout.pool=6", "rollout.select=4", "rollout.preview_steps=2", "rollout.steps=3",
+        "rollout.batch_size=8", "train.micro_batch=4", "eval.every=0", "log.image_every=0",
+        f"log.run_dir={run_dir}", "log.progress=false", "log.tensorboard=false",
+    ]) == 0  # fmt: skip
+    out, err = capsys.readouterr()
+    assert "torch.compile failed" not in err, err
+    rows = read_jsonl(str(run_dir / "metrics.jsonl"))
+    assert len(rows) == 2
+    for r in rows:
+        assert math.isfinite(r["loss"]) and r["reward_fp4_mean"] is not None and r["reward_bf16_mean"] is not None
+        assert r["skipped_groups"] == r["skipped_losses"] == r["skipped_steps"] == 0
+    assert len(graphs_at) == 2 and 0 < graphs_at[1] == counters["stats"]["unique_graphs"], graphs_at
+    layers = (run_dir / "fp4_layers.txt").read_text()
+    assert int(layers.split("layers swapped")[0].split()[-1]) > 0 and "NVFP4: " in out, layers
+    expected = {"sd35l": "transformer_blocks.0.ff.net.2", "flux": "single_transformer_blocks.0.proj_out",
+                "sana": "transformer_blocks.0.ff.conv_point"}[preset]
+    assert f"\n{expected}\n" in layers, layers

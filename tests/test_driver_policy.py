@@ -128,3 +128,44 @@ def test_state_dict_round_trip(mode):
     bad = {k: v for k, v in p1.state_dict().items() if not k.startswith("old.")}
     with pytest.raises(ValueError, match="checkpoint holds"):
         p2.load_state_dict(bad)
+
+
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_gradient_checkpointing_gives_the_same_gradients(finetune):
+    """train.gradient_checkpointing recomputes each block in backward: same velocity and the
+    same gradients as keeping the activations; only the trained module checkpoints (the rollout
+    copy, old policy and reference run without grad and keep the plain forward)."""
+    grads, outs = [], []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        m = toy.ToyT2I(toy.ToyModelConfig(**TINY)).eval()
+        pol = Policy(m, finetune, lora_rank=4, lora_alpha=8, rollout_dtype=torch.float32,
+                     mixed_precision="no", init_seed=5, gradient_checkpointing=checkpointing)
+        _perturb(pol.trainable_parameters(), 2)  # LoRA B starts at zero: give it a gradient path
+        x, sigma, cond = _inputs(m)
+        v = pol.velocity(m, x, sigma, cond)
+        v.square().mean().backward()
+        outs.append(v.detach())
+        grads.append([p.grad.clone() for p in pol.trainable_parameters()])
+        assert m.transformer.gradient_checkpointing == checkpointing
+        assert not pol.rollout.gradient_checkpointing
+        if finetune == "full":
+            assert not pol._old.gradient_checkpointing
+    assert torch.equal(outs[0], outs[1])
+    assert len(grads[0]) == len(grads[1]) > 0
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7), (a - b).abs().max()
+
+
+def test_gradient_checkpointing_needs_a_model_that_supports_it():
+    class Plain(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.to_q = torch.nn.Linear(4, 4)
+
+    class Model:
+        transformer = Plain()
+
+    with pytest.raises(ValueError, match="does not support gradient checkpointing"):
+        Policy(Model(), "full", rollout_dtype=torch.float32, mixed_precision="no",
+               gradient_checkpointing=True, need_reference=False)

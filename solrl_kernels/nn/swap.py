@@ -131,8 +131,10 @@ class QuantizationReport:
 
     def summary(self) -> str:
         ratio = self.bytes_after / self.bytes_before if self.bytes_before else float("nan")
+        unit, div = next((u, d) for u, d in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10), ("B", 1))
+                         if self.bytes_before >= d or d == 1)
         return (f"NVFP4: {len(self.swapped)} layers swapped, {len(self.skipped)} kept; weights "
-                f"{self.bytes_before / 2**30:.3f} -> {self.bytes_after / 2**30:.3f} GiB "
+                f"{self.bytes_before / div:.3f} -> {self.bytes_after / div:.3f} {unit} "
                 f"({ratio:.3f}x) in {self.seconds * 1e3:.1f} ms")
 
 
