@@ -25,7 +25,11 @@
 #   attn-sweep   attention correctness + kernel-config sweep (ATTN_SWEEP_ARGS, default --quick)
 #   fmha-probe   CUTLASS's Hopper FMHA example (FP8 / fp16) vs cuDNN BF16 SDPA at FLUX.1 shapes
 #                (bench/fmha_probe.sh; prebuilt binaries: carry build/fmha_probe, else ~3 min build)
-#   toy          driver GPU tests + the toy-gpu Sol-RL run
+#   toy          driver GPU tests (toy and real-model presets) + the toy-gpu Sol-RL run;
+#                TOY_ARGS="train.compile=true ..." adds key=value overrides
+#   train-memory peak GPU memory of one Sol-RL iteration on full-depth FLUX.1 / SD3.5-L / SANA
+#                (random weights), with and without gradient checkpointing (bench/train_memory.py;
+#                TRAIN_MEMORY_MODELS="flux1-dev sd35-large sana-1.6b", TRAIN_MEMORY_ARGS)  (~1-2 min each)
 #   pretrain     toy model pretraining (default 7,000 steps) + eval (~7 min);
 #                copy $OUT/{model.safetensors,config.json} to solrl/toy/weights/
 # Prepare first with bench/device/fetch.sh; carry [".whl", "build/cutlass_src"] (+ "build/fmha_probe"
@@ -36,7 +40,7 @@
 # build/device_prebuilt/ and carry that folder, and the next call with the same csrc/ and
 # setup.py skips the build (~1.5-2 min of device time).
 set -uo pipefail
-PARTS="build tests ktests quant quant-sweep gemm gemm-sweep gemm-tune block transformer transformer-compile profile host attn attn-sweep fmha-probe toy pretrain"
+PARTS="build tests ktests quant quant-sweep gemm gemm-sweep gemm-tune block transformer transformer-compile profile host attn attn-sweep fmha-probe toy train-memory pretrain"
 [ $# -gt 0 ] || set -- help
 for p in "$@"; do
   case " $PARTS " in *" $p "*) ;; *) echo "usage: $0 PART [PART ...], PART in: $PARTS"; exit 2 ;; esac
@@ -141,10 +145,20 @@ part() {
   fmha-probe)
     timeout 480 bash bench/fmha_probe.sh "$OUT" 2>&1 | tail -30 ;;
   toy)
-    python3 -m pytest -q -p no:cacheprovider tests/test_seeds.py tests/test_driver_e2e.py -k "cuda or gpu" 2>&1 | tail -5
-    timeout "${TOY_TIMEOUT:-420}" python3 -m solrl.train --preset toy-gpu log.run_dir=/tmp/toy-gpu log.progress=False 2>&1 | tail -22
+    build
+    python3 -m pytest -q -p no:cacheprovider tests/test_seeds.py tests/test_driver_e2e.py tests/test_driver_models.py \
+      -k "cuda or gpu" 2>&1 | tee "$OUT/driver_gpu_tests.log" | tail -5
+    timeout "${TOY_TIMEOUT:-420}" python3 -m solrl.train --preset toy-gpu log.run_dir=/tmp/toy-gpu log.progress=False \
+      ${TOY_ARGS:-} 2>&1 | tail -22
     mkdir -p "$OUT/toy-gpu"
-    cp /tmp/toy-gpu/*.jsonl /tmp/toy-gpu/reward.png /tmp/toy-gpu/summary.txt /tmp/toy-gpu/config.yaml "$OUT/toy-gpu/" ;;
+    cp /tmp/toy-gpu/*.jsonl /tmp/toy-gpu/reward.png /tmp/toy-gpu/summary.txt /tmp/toy-gpu/config.yaml \
+      /tmp/toy-gpu/fp4_layers.txt "$OUT/toy-gpu/" ;;
+  train-memory)
+    build
+    for m in ${TRAIN_MEMORY_MODELS:-flux1-dev sd35-large sana-1.6b}; do
+      timeout 240 python3 bench/train_memory.py --model "$m" ${TRAIN_MEMORY_ARGS:-} 2>&1 \
+        | tee -a "$OUT/train_memory.log" | grep -E "GiB|Error|error" | grep -v "^\s"
+    done ;;
   pretrain)
     timeout 480 python3 -m solrl.toy.pretrain --out /tmp/w 2>&1 | tail -5
     timeout 90 python3 -m solrl.toy.eval --weights /tmp/w --out /tmp/ev 2>&1 | tail -25
