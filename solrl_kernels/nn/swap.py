@@ -41,16 +41,15 @@ from ..nvfp4.tensor import BLOCK_SIZE, ScaleRule
 from .flux_single import fuse_single_blocks
 from .linear import NVFP4Linear, NVFP4PointwiseConv2d, is_pointwise_conv
 
-DEFAULT_EXCLUDE: tuple[str, ...] = (
-    # embedders / input projections
+# the default skip rules, each with the reason a QuantizationReport gives for it
+_DEFAULT_EXCLUDE_REASONS: dict[str, str] = {
     r"(^|\.)(x_embedder|context_embedder|time_text_embed|time_embed|timestep_embedder|"
     r"text_embedder|guidance_embedder|pos_embed|patch_embed|caption_projection|"
-    r"caption_norm|time_proj)(\.|$)",
-    # the final layer
-    r"^(norm_out|proj_out)(\.|$)",
-    # adaLN modulation (M = batch size)
-    r"(^|\.)norm\w*\.linear$",
-)
+    r"caption_norm|time_proj)(\.|$)": "embedder / input projection",
+    r"^(norm_out|proj_out)(\.|$)": "final layer",
+    r"(^|\.)norm\w*\.linear$": "adaLN modulation (M = batch size)",
+}
+DEFAULT_EXCLUDE: tuple[str, ...] = tuple(_DEFAULT_EXCLUDE_REASONS)
 _NAME_PREFIXES = ("base_model.model.", "_orig_mod.")
 
 
@@ -108,7 +107,8 @@ class QuantizeConfig:
             return "not matched by include"
         for p in self._exc:
             if p.search(name):
-                return f"excluded by {p.pattern!r}"
+                default = _DEFAULT_EXCLUDE_REASONS.get(p.pattern)
+                return f"excluded: {default} (default rule)" if default else f"excluded by {p.pattern!r}"
         if min(in_features, out_features) < self.min_features:
             return (f"small: min(in, out) = {min(in_features, out_features)} < "
                     f"min_features={self.min_features}")
