@@ -199,7 +199,7 @@ class RunLogger:
         return path
 
 
-# --- checkpoints --------------------------------------------------------------------------------
+# --- environment --------------------------------------------------------------------------------
 
 
 def environment(device: torch.device) -> list[str]:
@@ -238,6 +238,9 @@ def write_environment(run_dir: str, device: torch.device) -> None:
     stamp = datetime.datetime.now().isoformat(timespec="seconds")
     with open(os.path.join(run_dir, "environment.txt"), "a") as f:
         f.write("\n".join([f"# session started {stamp}", *environment(device), ""]) + "\n")
+
+
+# --- checkpoints --------------------------------------------------------------------------------
 
 
 def save_checkpoint(
