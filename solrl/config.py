@@ -10,6 +10,7 @@ Precedence, lowest first: dataclass defaults (the official Sol-RL SANA values) <
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import sys
 import types
@@ -167,10 +168,11 @@ class TrainConfig:
     weights each iteration does not recompile. The first iteration pays the compile time;
     should compiling fail, the run warns and samples eagerly from then on."""
     gradient_checkpointing: bool = False
-    """Recompute each transformer block in the backward pass instead of keeping its activations
-    (diffusers' enable_gradient_checkpointing): on in the flux, sd35l and sana presets. One
-    full-depth FLUX.1 iteration at micro-batch 8 peaks at 54 GiB instead of 111 GiB, for +25%
-    of the training phase (H200, bench/RESULTS.md §8). Rollouts are unaffected (no grad)."""
+    """Recompute each transformer block in the backward pass instead of keeping its
+    activations, with diffusers' enable_gradient_checkpointing: on in the flux, sd35l and sana
+    presets. One full-depth FLUX.1 iteration at micro-batch 8 peaks at 54 GiB instead of 111
+    GiB, for +25% of the training phase (H200, bench/RESULTS.md §8). Rollouts run without grad
+    and are unaffected."""
 
     def __post_init__(self):
         for name in ("lora_rank", "lora_alpha", "lr", "adam_eps", "max_grad_norm", "micro_batch",
@@ -534,6 +536,22 @@ def _expand_overrides(argv: list[str]) -> list[str]:
     return out
 
 
+def _join_docstring_lines(tyro) -> None:
+    """--help text: tyro joins a field docstring's wrapped lines only where the next line starts
+    with a letter, but ours are indented (a class body). Clean the indentation off first (tyro's
+    private helper; left alone where a tyro release has no such function)."""
+    strings = getattr(tyro, "_strings", None)
+    join = getattr(strings, "remove_single_line_breaks", None)
+    if join is None or getattr(join, "_solrl", False):
+        return
+
+    def cleaned_then_joined(text: str) -> str:
+        return join(inspect.cleandoc(text))
+
+    cleaned_then_joined._solrl = True
+    strings.remove_single_line_breaks = cleaned_then_joined
+
+
 def parse_args(argv: list[str] | None = None) -> Config:
     """The CLI: `[--preset NAME] [--config FILE] [--resume DIR] [key=value | --key value ...]`."""
     import tyro
@@ -554,6 +572,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
             base = merge_dict(base, load_yaml(meta["config"]), meta["config"])
     default = _build(Config, base, check=False)
     args = _expand_overrides(rest)
+    _join_docstring_lines(tyro)
     return tyro.cli(
         Config,
         default=default,

@@ -129,3 +129,19 @@ def test_resume_reads_saved_config(tmp_path):
     assert again.resume == str(tmp_path) and again.log.run_dir == str(tmp_path)
     with pytest.raises(FileNotFoundError, match="no config.yaml"):
         C.parse_args(["--resume", os.path.join(str(tmp_path), "missing")])
+
+
+def test_help_joins_wrapped_docstring_lines():
+    """--help: a field's wrapped docstring lines read as one paragraph (tyro keeps a line break
+    before an indented line, and our field docstrings are indented)."""
+    tyro = pytest.importorskip("tyro")
+    docstrings = getattr(tyro, "_docstrings", None)
+    if not hasattr(docstrings, "get_field_docstring"):
+        pytest.skip("this tyro has no get_field_docstring")
+    from solrl.config import TrainConfig, parse_args
+
+    parse_args(["iterations=1"])  # installs the joining
+    if hasattr(docstrings.get_field_docstring, "cache_clear"):
+        docstrings.get_field_docstring.cache_clear()
+    text = docstrings.get_field_docstring(TrainConfig, "gradient_checkpointing", ())
+    assert text.startswith("Recompute each transformer block") and "\n" not in text, text
