@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from test_bench_transformer import BUILDERS  # noqa: E402
 
-from solrl.config import from_dict, load_preset  # noqa: E402
+from solrl.config import load_preset, parse_args  # noqa: E402
 from solrl.metrics import read_jsonl  # noqa: E402
 from solrl.train import train  # noqa: E402
 
@@ -88,18 +88,15 @@ def one_iteration(model_name: str, checkpointing: bool, args) -> dict:
     d = load_preset(preset)
     res = args.resolution or d["model"]["resolution"]
     micro = args.micro_batch or d["train"]["micro_batch"]
-    over = {
-        "device": "cuda", "iterations": 1, "reward": "jpeg_compressibility", "algorithm": args.algorithm,
-        "model": {"path": tempfile.gettempdir(), "resolution": res},
-        "rollout": {"prompts_per_iter": 1, "pool": args.pool, "select": micro,
-                    "preview_steps": 2, "steps": args.steps, "batch_size": micro},
-        "train": {"compile": False, "gradient_checkpointing": checkpointing, "micro_batch": micro},
-        "eval": {"every": 0}, "log": {"image_every": 0, "ckpt_every": 0, "progress": False,
-                                      "tensorboard": False, "run_dir": tempfile.mkdtemp()},
-    }  # fmt: skip
-    for section, values in over.items():
-        d[section] = {**d.get(section, {}), **values} if isinstance(values, dict) else values
-    cfg = from_dict(d)
+    cfg = parse_args([  # the preset as `python -m solrl.train --preset ...` builds it
+        "--preset", preset, "device=cuda", "iterations=1", "reward=jpeg_compressibility",
+        f"algorithm={args.algorithm}", f"model.path={tempfile.gettempdir()}", f"model.resolution={res}",
+        "rollout.prompts_per_iter=1", f"rollout.pool={args.pool}", f"rollout.select={micro}",
+        "rollout.preview_steps=2", f"rollout.steps={args.steps}", f"rollout.batch_size={micro}",
+        "train.compile=false", f"train.gradient_checkpointing={checkpointing}",
+        f"train.micro_batch={micro}", "eval.every=0", "log.image_every=0", "log.ckpt_every=0",
+        "log.progress=false", "log.tensorboard=false", f"log.run_dir={tempfile.mkdtemp()}",
+    ])  # fmt: skip
     gc.collect()
     torch.cuda.empty_cache()
     t0 = time.perf_counter()
