@@ -96,6 +96,7 @@ def one_iteration(model_name: str, checkpointing: bool, args) -> dict:
         "train.compile=false", f"train.gradient_checkpointing={checkpointing}",
         f"train.micro_batch={micro}", "eval.every=0", "log.image_every=0", "log.ckpt_every=0",
         "log.progress=false", "log.tensorboard=false", f"log.run_dir={tempfile.mkdtemp()}",
+        *args.overrides,
     ])  # fmt: skip
     gc.collect()
     torch.cuda.empty_cache()
@@ -130,6 +131,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4, help="regeneration steps (training timesteps)")
     ap.add_argument("--algorithm", default="sol_rl", help="algorithm= of the run (bf16: no FP4 rollouts)")
     ap.add_argument("--no-cudnn-sdpa", action="store_true", help="disable SDPA's cuDNN backend")
+    ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                    help="more config overrides for the run (then nothing is recorded; nor is it "
+                    "without both modes)")
     args = ap.parse_args()
     if args.no_cudnn_sdpa:
         torch.backends.cuda.enable_cudnn_sdp(False)
@@ -147,14 +151,14 @@ def main() -> None:
         print(f"{args.model} {mode}: {r['resolution']} px, micro-batch {r['micro_batch']}, transformer "
               f"{r['transformer_gb']:.1f} GiB; {peak}{extra}", flush=True)
     ck, plain = results.get("checkpointing"), results.get("plain")
-    if ck and ck["peak_gb"]:
+    if ck and ck["peak_gb"] and plain and not args.overrides:  # a record needs both modes
         from record import record
 
-        base = plain["peak_gb"] if plain and plain["peak_gb"] else total  # OOM: the GPU's size
+        base = plain["peak_gb"] or total  # OOM: the GPU's size
         record(f"train_memory[{args.model}]", "peak_gib", ck["peak_gb"],
-               "no checkpointing" if plain and plain["peak_gb"] else "GPU memory (no checkpointing: OOM)",
-               base, higher_is_better=False, resolution=ck["resolution"], micro_batch=ck["micro_batch"],
-               train_s=ck["train_s"], plain_train_s=plain and plain.get("train_s"))
+               "no checkpointing" if plain["peak_gb"] else "GPU memory (no checkpointing: OOM)", base,
+               higher_is_better=False, resolution=ck["resolution"], micro_batch=ck["micro_batch"],
+               train_s=ck["train_s"], plain_train_s=plain.get("train_s"))
 
 
 if __name__ == "__main__":

@@ -173,6 +173,11 @@ class TrainConfig:
     presets. One full-depth FLUX.1 iteration at micro-batch 8 peaks at 54 GiB instead of 111
     GiB, for +25% of the training phase (H200, bench/RESULTS.md §8). Rollouts run without grad
     and are unaffected."""
+    cudnn_attention: bool = True
+    """Let the training passes use cuDNN's SDPA, the fastest backend at the presets' shapes
+    (forward + backward in 0.55-0.90x FLASH's time on the H200, bench/RESULTS.md §8a), with the
+    workaround for torch 2.11's cuDNN backward bug described in solrl.policy.training_attention.
+    false: FLASH / memory-efficient / math only, should cuDNN fail on your torch and cuDNN."""
 
     def __post_init__(self):
         for name in ("lora_rank", "lora_alpha", "lr", "adam_eps", "max_grad_norm", "micro_batch",

@@ -40,15 +40,45 @@ DEFAULT_LORA_TARGETS = (
 )  # fmt: skip
 
 
-def training_attention() -> contextlib.AbstractContextManager:
-    """SDPA backends for the policy's forward and backward passes (activation recomputation
-    included): all but cuDNN, whose backward fails at FLUX.1's training shapes (torch 2.11 on the
-    H200: an illegal memory access, or "mha_graph.execute(...).is_good()"; bench/RESULTS.md §8,
-    pytorch/pytorch#134001). Rollouts, with no backward, keep cuDNN. The backend flags are
-    global, so the autograd engine's threads see them too."""
+@contextlib.contextmanager
+def training_attention(cudnn: bool = True) -> Iterator[None]:
+    """SDPA for the policy's forward and backward passes (activation recomputation included).
+
+    cudnn=True: every backend stays allowed, so torch picks cuDNN where it can (at the presets'
+    training shapes on the H200, its forward + backward takes 0.55-0.90x FLASH's time;
+    bench/RESULTS.md §8a). Each SDPA output that needs a gradient gets a hook that hands its
+    backward the gradient in the output's own strides. torch 2.11 keys its cached cuDNN backward
+    graphs on the shapes and the q/k/v/o strides, not the gradient's: two calls of one shape
+    whose gradients differ in stride (a FLUX.1 single block passes back a slice of a wider
+    gradient, a double block a dense one) run the first call's graph on the second's memory, "an
+    illegal memory access" or "mha_graph.execute(...).is_good()". The copy is one pass over the
+    gradient. torch.nn.functional.scaled_dot_product_attention is wrapped for the duration of
+    the block (diffusers looks it up at every call) and restored after.
+
+    cudnn=False: FLASH, memory-efficient or math only (the flags are global, so the autograd
+    engine's threads see them too): the escape hatch should another cuDNN bug appear."""
+    import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+    if not cudnn:
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+            yield
+        return
+    sdpa = F.scaled_dot_product_attention
+
+    def sdpa_with_gradient_in_output_strides(*args, **kwargs):
+        out = sdpa(*args, **kwargs)
+        if out.requires_grad:
+            size, stride = out.shape, out.stride()
+            out.register_hook(lambda g: g if g.stride() == stride else
+                              torch.empty_strided(size, stride, dtype=g.dtype, device=g.device).copy_(g))
+        return out
+
+    F.scaled_dot_product_attention = sdpa_with_gradient_in_output_strides
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = sdpa
 
 
 def old_decay(step: int, rate: float, max_decay: float) -> float:

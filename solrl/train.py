@@ -499,7 +499,8 @@ def update(run: Run, it: int, data: Rollouts, adv: torch.Tensor, cond: Condition
     dev_gen = torch.Generator(run.device).manual_seed(derive_seed(cfg.seed, TAG_TRAIN, it, run.rank, 1))
     params = policy.trainable_parameters()
     policy.net.train()
-    with progress_bar(run, tc.inner_epochs * n * t_train, "train", unit="sample") as bar, training_attention():
+    with progress_bar(run, tc.inner_epochs * n * t_train, "train", unit="sample") as bar, \
+            training_attention(tc.cudnn_attention):
         for _ in range(tc.inner_epochs):
             # per sample, a random subset of the rollout's timesteps (Flow-GRPO / official NFT)
             t_idx = torch.zeros(n, t_train, dtype=torch.int64)  # [S, t_train]

@@ -243,24 +243,29 @@ def test_bf16_weights_and_autocast(tmp_path, objective):
     assert all(p.dtype == torch.bfloat16 for n, p in model.transformer.named_parameters() if "lora_" not in n)
 
 
-@pytest.mark.parametrize("objective", ["nft", "grpo"])
-def test_training_passes_avoid_cudnn_attention(tmp_path, monkeypatch, objective):
-    """cuDNN's SDPA backward fails at FLUX.1 training shapes (RESULTS §8): the policy's
-    forwards with grad, and so their backward, run with cuDNN attention off; rollouts keep it."""
+@pytest.mark.parametrize("objective, cudnn", [("nft", True), ("grpo", True), ("nft", False)])
+def test_training_passes_run_under_training_attention(tmp_path, monkeypatch, objective, cudnn):
+    """The policy's forwards with grad, and so their backward, run inside training_attention():
+    SDPA wrapped (cuDNN's gradient-stride workaround, RESULTS §8a), or with cuDNN off when
+    train.cudnn_attention=false; rollouts see neither, and both are undone after the update."""
+    import torch.nn.functional as F
+
     from solrl.policy import Policy
 
-    seen = {True: [], False: []}  # grad enabled -> cuDNN SDPA enabled at each policy forward
+    sdpa = F.scaled_dot_product_attention
+    seen = {True: [], False: []}  # grad enabled -> (SDPA wrapped, cuDNN enabled) at each forward
     velocity = Policy.velocity
 
     def spy(self, *args, **kwargs):
-        seen[torch.is_grad_enabled()].append(torch.backends.cuda.cudnn_sdp_enabled())
+        seen[torch.is_grad_enabled()].append(
+            (F.scaled_dot_product_attention is not sdpa, torch.backends.cuda.cudnn_sdp_enabled()))
         return velocity(self, *args, **kwargs)
 
     monkeypatch.setattr(Policy, "velocity", spy)
-    assert torch.backends.cuda.cudnn_sdp_enabled()
-    run(tiny_cfg(tmp_path, objective, iterations=1, **{"train.objective": objective, "eval.every": 0}))
-    assert seen[True] and not any(seen[True]), seen
-    assert torch.backends.cuda.cudnn_sdp_enabled()  # restored after the update
+    run(tiny_cfg(tmp_path, objective, iterations=1, **{"train.objective": objective, "eval.every": 0,
+                                                       "train.cudnn_attention": cudnn}))
+    assert seen[True] and set(seen[True]) == {(cudnn, cudnn)}, seen
+    assert F.scaled_dot_product_attention is sdpa and torch.backends.cuda.cudnn_sdp_enabled()
 
 
 @pytest.mark.gpu

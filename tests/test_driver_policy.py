@@ -169,3 +169,89 @@ def test_gradient_checkpointing_needs_a_model_that_supports_it():
     with pytest.raises(ValueError, match="does not support gradient checkpointing"):
         Policy(Model(), "full", rollout_dtype=torch.float32, mixed_precision="no",
                gradient_checkpointing=True, need_reference=False)
+
+
+def _bshd_qkv(b=2, s=24, h=3, d=16, seed=0):
+    """q, k, v as diffusers passes them: (B, H, S, D) views of (B, S, H, D) tensors."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, s, h, d, generator=g).transpose(1, 2).requires_grad_() for _ in range(3)]
+
+
+def _sliced_gradient(b=2, s=24, h=3, d=16, seed=1):
+    """An output gradient that is a slice of a wider one, as a FLUX.1 single block passes back."""
+    wide = torch.randn(b, s, 5 * h * d, generator=torch.Generator().manual_seed(seed))
+    return wide[..., : h * d].unflatten(-1, (h, d)).transpose(1, 2)
+
+
+def test_training_attention_hands_sdpa_its_gradient_in_the_output_strides():
+    """torch 2.11's cuDNN backward caches graphs without the gradient's strides (RESULTS §8a):
+    inside training_attention(), the gradient reaching SDPA's backward has the output's strides,
+    the values and input gradients are unchanged, and SDPA is restored after (also on error)."""
+    import torch.nn.functional as F
+
+    from solrl.policy import training_attention
+
+    sdpa = F.scaled_dot_product_attention
+    q, k, v = _bshd_qkv()
+    grad = _sliced_gradient()
+    o_ref = sdpa(q, k, v)
+    ref = torch.autograd.grad(o_ref, (q, k, v), grad)
+    with training_attention():
+        assert F.scaled_dot_product_attention is not sdpa
+        o = F.scaled_dot_product_attention(q, k, v)
+        seen = []
+        o.register_hook(lambda g: seen.append(g.stride()))  # runs after the wrapper's hook
+        got = torch.autograd.grad(o, (q, k, v), grad)
+        with torch.no_grad():  # no gradient, no hook
+            assert not F.scaled_dot_product_attention(q, k, v).requires_grad
+    assert F.scaled_dot_product_attention is sdpa
+    assert grad.stride() != o.stride() and seen == [o.stride()]
+    assert torch.equal(o, o_ref)
+    for a, b in zip(got, ref):
+        assert torch.equal(a, b)
+    with pytest.raises(RuntimeError, match="inside"), training_attention():
+        raise RuntimeError("inside")
+    assert F.scaled_dot_product_attention is sdpa
+
+
+def test_training_attention_without_cudnn():
+    import torch.nn.functional as F
+
+    from solrl.policy import training_attention
+
+    sdpa = F.scaled_dot_product_attention
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    with training_attention(cudnn=False):
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()
+        assert F.scaled_dot_product_attention is sdpa
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_cudnn_backward_with_gradients_of_two_strides():
+    """The minimal repro of RESULTS §8a: cuDNN SDPA at FLUX.1's training shape, backward twice,
+    first with a sliced output gradient, then a dense one. Bare, it fails on torch 2.11 (H200);
+    inside training_attention() it runs, and its gradients match FLASH's."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from solrl.policy import training_attention
+
+    torch.manual_seed(0)
+    shape = (8, 1536, 24, 128)
+    q, k, v = (torch.randn(shape, device="cuda", dtype=torch.bfloat16).transpose(1, 2).requires_grad_()
+               for _ in range(3))
+    grads = [torch.randn(8, 1536, 5 * 3072, device="cuda", dtype=torch.bfloat16)[..., :3072],
+             torch.randn(8, 1536, 3072, device="cuda", dtype=torch.bfloat16)]
+    for g in grads:
+        g = g.unflatten(-1, (24, 128)).transpose(1, 2)
+        with training_attention(), sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+            o = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+            got = torch.autograd.grad(o, (q, k, v), g)
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+            o_ref = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+            ref = torch.autograd.grad(o_ref, (q, k, v), g)
+        torch.cuda.synchronize()
+        for a, b in zip((o, *got), (o_ref, *ref)):
+            assert ((a.float() - b.float()).norm() / b.float().norm()).item() < 1e-2

@@ -30,6 +30,8 @@
 #   train-memory peak GPU memory of one Sol-RL iteration on full-depth FLUX.1 / SD3.5-L / SANA
 #                (random weights), with and without gradient checkpointing (bench/train_memory.py;
 #                TRAIN_MEMORY_MODELS="flux1-dev sd35-large sana-1.6b", TRAIN_MEMORY_ARGS)  (~1-2 min each)
+#   train-attn   SDPA forward + backward at the presets' training shapes: FLASH vs EFFICIENT vs
+#                cuDNN (each cuDNN run in its own process; bench/training_attention.py)  (~1 min)
 #   pretrain     toy model pretraining (default 7,000 steps) + eval (~7 min);
 #                copy $OUT/{model.safetensors,config.json} to solrl/toy/weights/
 # Prepare first with bench/device/fetch.sh; carry [".whl", "build/cutlass_src"] (+ "build/fmha_probe"
@@ -40,7 +42,7 @@
 # build/device_prebuilt/ and carry that folder, and the next call with the same csrc/ and
 # setup.py skips the build (~1.5-2 min of device time).
 set -uo pipefail
-PARTS="build tests ktests quant quant-sweep gemm gemm-sweep gemm-tune block transformer transformer-compile profile host attn attn-sweep fmha-probe toy train-memory pretrain"
+PARTS="build tests ktests quant quant-sweep gemm gemm-sweep gemm-tune block transformer transformer-compile profile host attn attn-sweep fmha-probe toy train-memory train-attn pretrain"
 [ $# -gt 0 ] || set -- help
 for p in "$@"; do
   case " $PARTS " in *" $p "*) ;; *) echo "usage: $0 PART [PART ...], PART in: $PARTS"; exit 2 ;; esac
@@ -159,6 +161,8 @@ part() {
       timeout 240 python3 bench/train_memory.py --model "$m" ${TRAIN_MEMORY_ARGS:-} 2>&1 \
         | tee -a "$OUT/train_memory.log" | grep -E "GiB|Error|error" | grep -v "^\s"
     done ;;
+  train-attn)
+    timeout 400 python3 bench/training_attention.py 2>&1 | tee "$OUT/training_attention.log" ;;
   pretrain)
     timeout 480 python3 -m solrl.toy.pretrain --out /tmp/w 2>&1 | tail -5
     timeout 90 python3 -m solrl.toy.eval --weights /tmp/w --out /tmp/ev 2>&1 | tail -25
