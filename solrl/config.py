@@ -3,8 +3,9 @@
 
 Precedence, lowest first: dataclass defaults (the official Sol-RL SANA values) < preset
 (`--preset NAME`, solrl/configs/NAME.yaml; default "toy": toy-gpu with CUDA, else toy-cpu) <
-`--config FILE` < `--resume DIR`'s saved config < command-line options (`--train.lr 1e-4` or
-`train.lr=1e-4`).
+`--config FILE` < command-line options (`--train.lr 1e-4` or `train.lr=1e-4`). `--resume DIR`
+takes DIR's saved config instead of a preset and a file, and command-line options that leave the
+trained model as it is (RESUME_FIXED lists those that cannot change). Mistakes raise ConfigError.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
+import re
 import sys
 import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import tyro.conf
 import yaml
 
 from .selection import STRATEGIES, Strategy
@@ -28,10 +31,35 @@ ALGORITHMS = typing.get_args(Algorithm)
 Objective = Literal["nft", "grpo"]
 
 
+class ConfigError(Exception):
+    """A mistake in the command line, a config file or preset, or a run directory: the CLI prints
+    it as one line, `solrl: error: <message>`, and exits with status 2."""
+
+
+class RunExistsError(ConfigError, FileExistsError):
+    """log.run_dir already holds a run (and --resume was not given)."""
+
+
 def _positive(name: str, value, allow_zero: bool = False) -> None:
     bad = value < 0 if allow_zero else value <= 0
     if bad:
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+        raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def _check_names(key: str, names, regex: bool = False) -> tuple[str, ...]:
+    """A list option of module names (or regexes) as a tuple; an empty or blank entry (which would
+    match every module) or an invalid regex is an error naming the key."""
+    names = tuple(names)
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"{key}: empty entry {name!r} in {list(names)} (it would match every "
+                              f"module); to clear the list give an empty value: {key}=")  # fmt: skip
+        if regex:
+            try:
+                re.compile(name)
+            except re.error as e:
+                raise ConfigError(f"{key}: bad regex {name!r}: {e}") from e
+    return names
 
 
 @dataclass
@@ -87,7 +115,9 @@ class RolloutConfig:
     min_features; embedders, adaLN and the final layer are always kept, as in Sol-RL)."""
     fp4_exclude: tuple[str, ...] = ()
     """Extra regexes (re.search on module names) of layers kept in BF16 in FP4 rollouts, on top
-    of rollout_mode's defaults (official Sol-RL: nvfp4_skip_modules)."""
+    of rollout_mode's defaults (official Sol-RL: nvfp4_skip_modules). On the command line:
+    `rollout.fp4_exclude='attn1\\.,attn2\\.to_q'` (or `[a,b]`, or space-separated); an empty
+    value clears the list."""
     batch_size: int = 24
     """Images per sampler forward pass (and per reward call)."""
     noise_level: float = 0.7
@@ -97,17 +127,10 @@ class RolloutConfig:
         for name in ("prompts_per_iter", "pool", "select", "preview_steps", "steps", "batch_size"):
             _positive(f"rollout.{name}", getattr(self, name))
         if self.selection not in STRATEGIES:
-            raise ValueError(f"rollout.selection {self.selection!r} not in {list(STRATEGIES)}")
+            raise ConfigError(f"rollout.selection {self.selection!r} not in {list(STRATEGIES)}")
         _positive("rollout.noise_level", self.noise_level)
         _positive("rollout.fp4_min_features", self.fp4_min_features, allow_zero=True)
-        self.fp4_exclude = tuple(self.fp4_exclude)
-        import re
-
-        for pattern in self.fp4_exclude:
-            try:
-                re.compile(pattern)
-            except re.error as e:
-                raise ValueError(f"rollout.fp4_exclude: bad regex {pattern!r}: {e}") from e
+        self.fp4_exclude = _check_names("rollout.fp4_exclude", self.fp4_exclude, regex=True)
 
 
 @dataclass
@@ -123,7 +146,8 @@ class TrainConfig:
     lora_alpha: float = 64.0
     """LoRA alpha (scale alpha / r)."""
     lora_targets: tuple[str, ...] = ()
-    """peft target_modules; empty = the model adapter's default list."""
+    """peft target_modules; empty = the model adapter's default list (`train.lora_targets=`
+    restores it; `train.lora_targets=to_q,to_k` sets two)."""
     lr: float = 3e-4
     """AdamW learning rate."""
     weight_decay: float = 1e-4
@@ -186,10 +210,10 @@ class TrainConfig:
         for name in ("weight_decay", "grad_accum", "kl_beta", "old_decay_rate", "old_decay_max"):
             _positive(f"train.{name}", getattr(self, name), allow_zero=True)
         if not 0 < self.timestep_fraction <= 1:
-            raise ValueError(f"train.timestep_fraction must be in (0, 1], got {self.timestep_fraction}")
+            raise ConfigError(f"train.timestep_fraction must be in (0, 1], got {self.timestep_fraction}")
         if not self.old_decay_max < 1:
-            raise ValueError(f"train.old_decay_max must be < 1, got {self.old_decay_max}")
-        self.lora_targets = tuple(self.lora_targets)
+            raise ConfigError(f"train.old_decay_max must be < 1, got {self.old_decay_max}")
+        self.lora_targets = _check_names("train.lora_targets", self.lora_targets)
         self.adam_betas = tuple(self.adam_betas)
 
 
@@ -229,7 +253,8 @@ class LogConfig:
     tensorboard: bool = True
     """Write TensorBoard events under <run_dir>/tb."""
     progress: bool = True
-    """Progress bars (tqdm) with ETA."""
+    """Progress bars (tqdm) with ETA when stderr is a terminal; otherwise (or false) one line
+    per iteration: rewards, loss, evaluation, phase times."""
 
     def __post_init__(self):
         _positive("log.image_every", self.image_every, allow_zero=True)
@@ -256,11 +281,12 @@ class Config:
     """Reward name (solrl.rewards.build_reward): geneval, jpeg_compressibility, aesthetic."""
     prompts: str = "toy"
     """Training prompts: "toy" (the toy world's grammar) or a text file, one prompt per line."""
-    preset: str = ""
+    # preset and resume are set by --preset and --resume only (not listed as options in --help)
+    preset: Annotated[str, tyro.conf.Suppress] = ""
     """Preset this config started from (solrl/configs/<name>.yaml): toy (auto), toy-cpu, toy-gpu,
-    flux, sd35l, sana. Set with --preset."""
-    resume: str = ""
-    """Run directory to resume (its config.yaml and last checkpoint). Set with --resume."""
+    flux, sd35l, sana."""
+    resume: Annotated[str, tyro.conf.Suppress] = ""
+    """Run directory to resume (its config.yaml and last checkpoint); not saved in config.yaml."""
     model: ModelConfig = field(default_factory=ModelConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -270,24 +296,24 @@ class Config:
     def __post_init__(self):
         _positive("iterations", self.iterations)
         if not 0 <= self.seed < 2**63:
-            raise ValueError(f"seed must be in [0, 2^63), got {self.seed}")
+            raise ConfigError(f"seed must be in [0, 2^63), got {self.seed}")
         r, t = self.rollout, self.train
         if self.algorithm != "bf16" and r.pool < r.select:
-            raise ValueError(
+            raise ConfigError(
                 f"rollout.pool ({r.pool}) is smaller than rollout.select ({r.select}): algorithm "
                 f"{self.algorithm!r} selects {r.select} of {r.pool} candidates per prompt"
             )
         if r.select < 2:
-            raise ValueError(f"rollout.select must be >= 2 (advantages need a group), got {r.select}")
+            raise ConfigError(f"rollout.select must be >= 2 (advantages need a group), got {r.select}")
         if t.objective == "grpo" and r.steps < 2:
-            raise ValueError(f"objective grpo needs rollout.steps >= 2 (SDE steps), got {r.steps}")
+            raise ConfigError(f"objective grpo needs rollout.steps >= 2 (SDE steps), got {r.steps}")
         if self.model.kind != "toy" and not self.model.path:
-            raise FileNotFoundError(
+            raise ConfigError(
                 f"model.kind={self.model.kind!r} needs model.path=/local/diffusers/folder "
                 "(no hub downloads here)"
             )
         if self.model.kind != "toy" and not os.path.isdir(os.path.expanduser(self.model.path)):
-            raise FileNotFoundError(f"model.path {self.model.path!r} does not exist")
+            raise ConfigError(f"model.path {self.model.path!r} does not exist")
 
     @property
     def uses_pool(self) -> bool:
@@ -321,13 +347,23 @@ def _key_types(cls=Config, prefix: str = "") -> dict[str, type]:
     return types
 
 
-def unknown_key_error(key: str, where: str) -> KeyError:
+def _suggestions(key: str) -> list[str]:
+    """Valid keys an unknown one may mean: the same name, or the initials of its words, in
+    another section (`lr` or `learning_rate` -> `train.lr`); else difflib's closest keys."""
     import difflib
 
     keys = valid_keys()
-    close = difflib.get_close_matches(key, keys, n=3)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
-    return KeyError(f"unknown config key {key!r} in {where}.{hint} Valid keys: {', '.join(keys)}")
+    leaf = key.rsplit(".", 1)[-1]
+    names = {leaf, "".join(w[0] for w in leaf.split("_") if w) if "_" in leaf else leaf}
+    same = [k for k in keys if k.rsplit(".", 1)[-1] in names]
+    return same[:3] or difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
+
+
+def unknown_key_error(key: str, where: str = "") -> ConfigError:
+    """`unknown option 'train.learning_rate' [in FILE]; did you mean: train.lr?`"""
+    close = _suggestions(key)
+    hint = f"did you mean: {', '.join(close)}?" if close else "python -m solrl.train --help lists them"
+    return ConfigError(f"unknown option {key!r}{f' in {where}' if where else ''}; {hint}")
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -335,43 +371,43 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if origin is Literal:
         if value not in typing.get_args(tp):
-            raise ValueError(f"{key}: {value!r} is not one of {list(typing.get_args(tp))}")
+            raise ConfigError(f"{key}: {value!r} is not one of {list(typing.get_args(tp))}")
         return value
     if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(tp):
             try:
                 return _coerce(value, arg, key)
-            except (TypeError, ValueError):
+            except ConfigError:
                 pass
-        raise TypeError(f"{key}: {value!r} does not match {tp}")
+        raise ConfigError(f"{key}: {value!r} does not match {tp}")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise TypeError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
         args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(v, args[0], key) for v in value)
         if len(args) != len(value):
-            raise ValueError(f"{key}: expected {len(args)} values, got {value!r}")
+            raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
         return tuple(_coerce(v, a, key) for v, a in zip(value, args))
     if tp is bool:
         if not isinstance(value, bool):
-            raise TypeError(f"{key}: expected true/false, got {value!r}")
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{key}: expected an int, got {value!r}")
+            raise ConfigError(f"{key}: expected an int, got {value!r}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise TypeError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value
     if tp is type(None):
         if value is not None:
-            raise TypeError(f"{key}: expected null, got {value!r}")
+            raise ConfigError(f"{key}: expected null, got {value!r}")
         return None
     raise TypeError(f"{key}: unsupported field type {tp}")
 
@@ -387,7 +423,7 @@ def merge_dict(base: dict, override: dict, where: str, cls=Config, prefix: str =
         tp = types_[k]
         if dataclasses.is_dataclass(tp):
             if not isinstance(v, dict):
-                raise TypeError(f"{key} in {where} must be a mapping of {tp.__name__} fields")
+                raise ConfigError(f"{key} in {where} must be a mapping of {tp.__name__} fields")
             out[k] = merge_dict(base[k], v, where, tp, key + ".")
         else:
             out[k] = _coerce(v, tp, key)
@@ -441,18 +477,32 @@ def _build(cls, d: dict | None, check: bool = True):
 
 
 def load_yaml(path: str | os.PathLike) -> dict:
-    with open(path) as f:
-        d = yaml.safe_load(f) or {}
+    """A config file as a nested dict. Its `resume` key, if any, is dropped: config.yaml files of
+    resumed runs from before it stopped being saved must not resume that run again."""
+    try:
+        with open(path) as f:
+            d = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {e.strerror or e}") from e
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from e
     if not isinstance(d, dict):
-        raise ValueError(f"{path}: expected a mapping at top level, got {type(d).__name__}")
+        raise ConfigError(f"{path}: expected a mapping at top level, got {type(d).__name__}")
+    d.pop("resume", None)
     return d
 
 
 def save_yaml(cfg: Config, path: str | os.PathLike) -> None:
-    """Atomic write of the resolved config."""
+    """Atomic write of the resolved config (without `resume`: the file describes the run, and
+    `--config` of it starts a new one)."""
+    d = to_dict(cfg)
+    d.pop("resume")
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+        yaml.safe_dump(d, f, sort_keys=False)
     os.replace(tmp, path)
 
 
@@ -474,70 +524,190 @@ def load_preset(name: str) -> dict:
     name = resolve_preset(name)
     names = preset_names()
     if name not in names:
-        raise ValueError(f"unknown preset {name!r}; valid: toy, {', '.join(names)}")
+        raise ConfigError(f"unknown preset {name!r}; valid: toy, {', '.join(names)}")
     d = yaml.safe_load((resources.files("solrl") / "configs" / f"{name}.yaml").read_text()) or {}
+    d.pop("resume", None)
     d["preset"] = name
     return d
 
 
+# --- resume ------------------------------------------------------------------------------------
+
+RESUME_FIXED = ("algorithm", "seed", "model.*", "train.objective", "train.finetune", "train.lora_*")
+"""Keys a resumed run keeps from its checkpoint (fnmatch patterns; model.path may move): they
+shape the trained weights or define the experiment. Everything else may be overridden."""
+_RESUME_MOVABLE = ("model.path",)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{'train': {'lr': 1}} -> {'train.lr': 1}."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def resume_fixed(key: str) -> bool:
+    """Whether a dotted key cannot change when a run is resumed (RESUME_FIXED)."""
+    import fnmatch
+
+    return key not in _RESUME_MOVABLE and any(fnmatch.fnmatchcase(key, p) for p in RESUME_FIXED)
+
+
+def check_resume(cfg: Config, state: dict) -> None:
+    """Raise ConfigError where `cfg` cannot continue the run whose last checkpoint wrote `state`
+    (its state.json: next_iteration, config): a RESUME_FIXED key differs, or `iterations` is not
+    beyond the iterations already run."""
+    saved, now = _flatten(state.get("config", {})), _flatten(to_dict(cfg))
+    changed = [f"{k} {saved[k]!r} -> {v!r}" for k, v in now.items()
+               if resume_fixed(k) and k in saved and saved[k] != v]  # fmt: skip
+    if changed:
+        raise ConfigError(
+            f"cannot change on resume: {'; '.join(changed)} (fixed: {', '.join(RESUME_FIXED)}); "
+            f"start a new run instead: --config {os.path.join(cfg.resume, 'config.yaml')} "
+            "log.run_dir=NEW_DIR ..."
+        )
+    done = int(state.get("next_iteration", 0))
+    if cfg.iterations <= done:
+        raise ConfigError(
+            f"{cfg.resume} has already run {done} iterations: iterations={cfg.iterations} leaves "
+            f"nothing to do (give iterations={done + 1} or more to continue it)"
+        )
+
+
 # --- command line -------------------------------------------------------------------------------
 
-_META = ("--preset", "--config", "--resume")
+_META = ("preset", "config", "resume")
 CLI_HELP = """Sol-RL: explore in NVFP4, select, regenerate in BF16, train (DiffusionNFT / Flow-GRPO).
 
-usage: python -m solrl.train [--preset NAME] [--config FILE.yaml] [--resume RUN_DIR]
-                             [key=value ...] [--key value ...]
+usage: python -m solrl.train [--preset NAME] [--config FILE.yaml] [key=value ...] [--key value ...]
+       python -m solrl.train --resume RUN_DIR [key=value ...]
 
   --preset NAME    toy (default: toy-gpu with CUDA, else toy-cpu), {presets}
-  --config FILE    YAML file of overrides (nested like config.yaml), applied after the preset
-  --resume DIR     continue the run in DIR from its last checkpoint (its config.yaml, then
-                   any overrides given here, e.g. iterations=200)
-  key=value        any option below, e.g. train.lr=1e-4 rollout.pool=64 algorithm=bf16
+  --config FILE    YAML file of overrides (nested like config.yaml), applied after the preset;
+                   a run's config.yaml starts a new run with its settings (give log.run_dir)
+  --resume DIR     continue the run in DIR from its last checkpoint with its saved config.yaml
+                   (not with --preset or --config); overrides may raise iterations and change
+                   eval.*, log.* but log.run_dir, rollout.*, train.lr and the like; these stay
+                   fixed (model.path may move):
+                   {fixed}
+  key=value        any option below, e.g. train.lr=1e-4 rollout.pool=64 algorithm=bf16; lists
+                   as train.adam_betas=0.9,0.95 or [0.9,0.95] or "0.9 0.95"; an empty value
+                   (rollout.fp4_exclude=) clears a list
+
+preset=NAME, config=FILE and resume=DIR mean the same as the flags.
 
 Defaults shown are those of the chosen preset."""
 
 
 def _pop_meta(argv: list[str]) -> tuple[dict[str, str], list[str]]:
-    """Extract --preset/--config/--resume values (also kept for tyro where they are fields)."""
+    """Extract --preset/--config/--resume (also written --preset=NAME or preset=NAME)."""
     meta, rest, i = {}, [], 0
     while i < len(argv):
         a = argv[i]
-        name = a.split("=", 1)[0]
-        if name in _META:
-            if "=" in a:
-                val = a.split("=", 1)[1]
-            else:
-                if i + 1 >= len(argv):
-                    raise SystemExit(f"{name} needs a value")
-                val = argv[i + 1]
-                i += 1
-            meta[name[2:]] = val
-        else:
+        name, eq, val = a.partition("=")
+        key = name[2:] if name.startswith("--") else name
+        if key not in _META or not (name.startswith("--") or eq):
             rest.append(a)
+            i += 1
+            continue
+        if not eq:
+            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                raise ConfigError(f"--{key} needs a value")
+            i += 1
+            val = argv[i]
+        if meta.get(key, val) != val:
+            raise ConfigError(f"--{key} given twice ({meta[key]!r} and {val!r})")
+        meta[key] = val
         i += 1
     return meta, rest
 
 
+def _split_list(text: str) -> list[str]:
+    """A list value on the command line: `[a,b]`, `a,b` or `a b` -> ['a', 'b']; '' and `[]` -> [].
+    Commas and blanks inside (), [] or {} (regex groups, classes, `\\d{1,2}`) or after a backslash
+    do not split; quotes around an item are removed."""
+    text = text.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    items, cur, depth, escaped = [], "", 0, False
+    for ch in text:
+        if not escaped and depth == 0 and (ch == "," or ch.isspace()):
+            items.append(cur)
+            cur = ""
+            continue
+        if not escaped and ch in "([{":
+            depth += 1
+        elif not escaped and ch in ")]}":
+            depth = max(depth - 1, 0)
+        escaped = ch == "\\" and not escaped
+        cur += ch
+    items.append(cur)
+    return [s for s in (item.strip("'\"") for item in items) if s]
+
+
+def _is_override(arg: str, keys) -> bool:
+    """Whether a command-line item is an option (`--x`) or a `key=value` of a known key."""
+    return arg.startswith("--") or ("=" in arg and arg.split("=", 1)[0] in (*keys, *_META))
+
+
+def _list_args(key: str, tp: Any, val: str, following: list[str], keys) -> list[str]:
+    """The argv items of a tuple-valued `key=val`; a fixed-length tuple's values are counted,
+    including those given as the next items (`train.adam_betas=0.9 0.95`)."""
+    values = _split_list(val)
+    args = typing.get_args(tp)
+    if args and args[-1] is not Ellipsis:
+        extra = 0
+        while extra < len(following) and not _is_override(following[extra], keys):
+            extra += 1
+        if len(values) + (extra if len(values) <= 1 else 0) < len(args) or len(values) > len(args):
+            example = ",".join(str(v) for v in _get(_defaults(Config), key))
+            raise ConfigError(f"{key} takes {len(args)} values, got {values}: write {key}={example} "
+                              f"(or [{example}], or \"{example.replace(',', ' ')}\")")  # fmt: skip
+    return values
+
+
+def _get(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
 def _expand_overrides(argv: list[str]) -> list[str]:
     """`train.lr=1e-4` -> `--train.lr 1e-4`, checking every key (and --key) against the config.
-    A bool takes true/false in any case (`train.compile=true`, as YAML writes it)."""
+    A bool takes true/false in any case (`train.compile=true`, as YAML writes it); a list takes
+    `k=a,b`, `k=[a,b]` or `k="a b"`, and `k=` is the empty list."""
     keys = _key_types()
     out = []
-    for a in argv:
+    for i, a in enumerate(argv):
         if a.startswith("--"):
-            key = a[2:].split("=", 1)[0].replace("-", "_")
-            if key not in keys and key not in ("help", "h"):
-                raise unknown_key_error(key, "command line")
-            out.append(a)
+            name, eq, val = a[2:].partition("=")
+            key = name.replace("-", "_")
+            if key in ("help", "h"):
+                out.append(a)
+                continue
+            if key not in keys:
+                raise unknown_key_error(key)
+            if not eq:
+                out.append(a)
+                continue
         elif "=" in a and not a.startswith("-"):
             key, val = a.split("=", 1)
             if key not in keys:
-                raise unknown_key_error(key, "command line")
-            if keys[key] is bool and val.lower() in ("true", "false"):
-                val = val.capitalize()
-            out += [f"--{key}", val]
+                raise unknown_key_error(key)
         else:
             out.append(a)
+            continue
+        tp = keys[key]
+        if typing.get_origin(tp) is tuple:
+            out += [f"--{key}", *_list_args(key, tp, val, argv[i + 1 :], keys)]
+            continue
+        if tp is bool and val.lower() in ("true", "false"):
+            val = val.capitalize()
+        out += [f"--{key}", val]
     return out
 
 
@@ -558,19 +728,27 @@ def _join_docstring_lines(tyro) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
-    """The CLI: `[--preset NAME] [--config FILE] [--resume DIR] [key=value | --key value ...]`."""
+    """The CLI: `[--preset NAME] [--config FILE] [key=value | --key value ...]`, or
+    `--resume DIR [key=value ...]`. Mistakes raise ConfigError (tyro's own exit with status 2)."""
     import tyro
 
     argv = list(sys.argv[1:] if argv is None else argv)
     meta, rest = _pop_meta(argv)
     base = to_dict(_defaults(Config))
     if "resume" in meta:
-        saved = os.path.join(meta["resume"], "config.yaml")
+        run_dir = meta["resume"]
+        if "preset" in meta or "config" in meta:
+            given = " and ".join(f"--{k}" for k in ("preset", "config") if k in meta)
+            raise ConfigError(f"--resume continues {run_dir!r} with its saved config; {given} cannot "
+                              "be combined with it (key=value overrides can)")  # fmt: skip
+        saved = os.path.join(run_dir, "config.yaml")
+        if not os.path.isdir(run_dir):
+            raise ConfigError(f"--resume {run_dir!r}: no such run directory")
         if not os.path.isfile(saved):
-            raise FileNotFoundError(f"--resume {meta['resume']!r}: no config.yaml there")
+            raise ConfigError(f"--resume {run_dir!r}: no config.yaml there (not a run directory)")
         base = merge_dict(base, load_yaml(saved), saved)
-        base["resume"] = meta["resume"]
-        base["log"]["run_dir"] = meta["resume"]
+        base["resume"] = run_dir
+        base["log"]["run_dir"] = run_dir
     else:
         base = merge_dict(base, load_preset(meta.get("preset", "toy")), "preset")
         if "config" in meta:
@@ -578,12 +756,16 @@ def parse_args(argv: list[str] | None = None) -> Config:
     default = _build(Config, base, check=False)
     args = _expand_overrides(rest)
     _join_docstring_lines(tyro)
-    return tyro.cli(
+    cfg = tyro.cli(
         Config,
         default=default,
         args=args,
         prog="python -m solrl.train",
-        description=CLI_HELP.format(presets=", ".join(preset_names())),
+        description=CLI_HELP.format(presets=", ".join(preset_names()), fixed=", ".join(RESUME_FIXED)),
         config=(tyro.conf.FlagConversionOff,),
         use_underscores=True,
     )
+    if cfg.resume and os.path.normpath(cfg.log.run_dir) != os.path.normpath(cfg.resume):
+        raise ConfigError(f"--resume continues {cfg.resume!r} in place: log.run_dir cannot change "
+                          "(to branch off, copy the directory and resume the copy)")  # fmt: skip
+    return cfg

@@ -6,7 +6,8 @@ FP4-vs-BF16 sample grids, atomic checkpoints, and the end-of-run summary table.
   metrics.jsonl          one line per iteration (keys: METRIC_KEYS)
   eval.jsonl             one line per evaluation (after `updates` iterations)
   reward.png             reward vs wall-clock minutes
-  samples/iter_XXXXXX.png  FP4 preview vs BF16 regeneration of the same seeds
+  samples/iter_XXXXXX.png  FP4 preview vs BF16 regeneration of the same seeds (sol_rl; the
+                         other algorithms: their FP4 or BF16 rollouts)
   tb/                    TensorBoard events
   checkpoints/iter_XXXXXX/  policy.safetensors, optimizer.pt, state.json (last N kept)
   fp4_layers.txt         which layers the FP4 rollouts run in NVFP4, which stay high precision, why
@@ -35,7 +36,9 @@ import math
 import os
 import platform
 import shutil
+import stat
 import subprocess
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +168,8 @@ class RunLogger:
         bf16_rewards: torch.Tensor | None,
         max_cols: int = 8,
     ) -> Path:
-        """Rows per prompt: FP4 preview, then BF16 regeneration of the same seeds.
+        """Rows per prompt: FP4 preview, then BF16 regeneration of the same seeds (or the one
+        kind of images the algorithm has).
 
         fp4 / bf16: [G, K, 3, H, W] in [0, 1] (or None); rewards [G, K]."""
         import matplotlib
@@ -178,7 +182,14 @@ class RunLogger:
         g = len(prompts)
         k = min(max_cols, kinds[0][1].shape[1])
         nrows = g * len(kinds)
-        fig, axes = plt.subplots(nrows, k, figsize=(1.3 * k, 1.45 * nrows), dpi=100, squeeze=False)
+        labels = [prompt_label(p) for p in prompts]
+        # room left of the images for the prompt labels (fontsize 5), the rest 1.3 in per column
+        label_in = max((_text_width_in(ln, 5) for lb in labels for ln in lb.split("\n")), default=0)
+        width = 1.3 * k + label_in
+        title = grid_title(iteration, fp4 is not None, bf16 is not None)
+        title = "\n".join(textwrap.wrap(title, max(16, int(width / _text_width_in("x", 8)))))
+        fig, axes = plt.subplots(nrows, k, figsize=(width, 1.45 * nrows + 0.15 * title.count("\n")),
+                                 dpi=100, squeeze=False)  # fmt: skip
         for gi in range(g):
             for ki, (name, x, r) in enumerate(kinds):
                 row = gi * len(kinds) + ki
@@ -190,13 +201,38 @@ class RunLogger:
                     if r is not None:
                         ax.set_title(f"{name} {float(r[gi, c]):.2f}", fontsize=6, pad=1)
                 if ki == 0:
-                    axes[row][0].set_ylabel(prompts[gi][:40], fontsize=5, rotation=0, ha="right")
-        fig.suptitle(f"iteration {iteration}: FP4 preview vs BF16 regeneration (same seeds)", fontsize=8)
+                    axes[row][0].set_ylabel(labels[gi], fontsize=5, rotation=0, ha="right", va="center")
+        fig.suptitle(title, fontsize=8)
         fig.tight_layout()
         path = self.dir / "samples" / f"iter_{iteration:06d}.png"
         fig.savefig(path)
         plt.close(fig)
         return path
+
+
+def grid_title(iteration: int, fp4: bool, bf16: bool) -> str:
+    """A sample grid's title: what its rows show, FP4 previews beside their BF16 regenerations
+    (sol_rl) or the one kind of rollout the algorithm makes (naive_fp4: FP4; bf16*: BF16)."""
+    if fp4 and bf16:
+        shown = "FP4 preview vs BF16 regeneration (same seeds)"
+    elif fp4 or bf16:
+        shown = f"{'FP4' if fp4 else 'BF16'} rollouts"
+    else:
+        raise ValueError("a sample grid needs FP4 or BF16 images")
+    return f"iteration {iteration}: {shown}"
+
+
+def prompt_label(prompt: str, width: int = 24, max_lines: int = 3) -> str:
+    """A prompt as a row label: wrapped at word boundaries onto at most `max_lines` lines of
+    `width` characters; a longer prompt cut at a word boundary, ending in an ellipsis."""
+    lines = textwrap.wrap(prompt, width, max_lines=max_lines, placeholder=" \u2026")
+    return "\n".join(lines)
+
+
+def _text_width_in(text: str, fontsize: float) -> float:
+    """A generous estimate of `text`'s width in inches at `fontsize` points: 0.6 em a
+    character (DejaVu Sans, matplotlib's default, averages less)."""
+    return len(text) * 0.6 * fontsize / 72
 
 
 # --- environment --------------------------------------------------------------------------------
@@ -264,6 +300,11 @@ def save_checkpoint(
     save_file(policy_state, str(tmp / "policy.safetensors"))
     torch.save(optimizer_state, tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps(state, indent=1))
+    # safetensors writes through a temp file of mode 0600: give every file the mode open() gave
+    # state.json (0666 less the process umask), like the run's other files
+    mode = stat.S_IMODE((tmp / "state.json").stat().st_mode)
+    for f in tmp.iterdir():
+        f.chmod(mode)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

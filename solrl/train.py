@@ -190,12 +190,14 @@ def spread(items: list[str], n: int) -> list[str]:
 
 
 def _read_prompt_file(path: str) -> list[str]:
+    from .config import ConfigError
+
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"prompt file {path!r} does not exist")
+        raise ConfigError(f"prompt file {path!r} does not exist")
     with open(path) as f:
         lines = [s.strip() for s in f if s.strip()]
     if not lines:
-        raise ValueError(f"prompt file {path!r} holds no prompts")
+        raise ConfigError(f"prompt file {path!r} holds no prompts")
     return lines
 
 
@@ -211,7 +213,26 @@ def setup(
     prompt_fn: PromptFn | None = None,
     eval_prompts: list[str] | None = None,
 ) -> Run:
-    """Build the run; model / reward / prompts may be injected (tests, library use)."""
+    """Build the run; model / reward / prompts may be injected (tests, library use). Mistakes
+    found before any loading (no GPU, no run to resume or one it cannot continue, a run already
+    in log.run_dir, a model folder without model_index.json) raise ConfigError."""
+    import json
+
+    from .config import ConfigError, RunExistsError, check_resume
+
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA device is available; use device=cpu or device=auto")
+    if cfg.resume:
+        if not os.path.isdir(cfg.resume):
+            raise ConfigError(f"--resume {cfg.resume!r}: no such run directory")
+        ckpt = latest_checkpoint(cfg.resume)
+        if ckpt is not None:  # before any loading: the checkpoint must fit this config
+            check_resume(cfg, json.loads((ckpt / "state.json").read_text()))
+    if model is None and cfg.model.kind != "toy":
+        index = os.path.join(os.path.expanduser(cfg.model.path), "model_index.json")
+        if not os.path.isfile(index):
+            raise ConfigError(f"model.path {cfg.model.path!r} is not a diffusers pipeline folder "
+                              "(no model_index.json)")  # fmt: skip
     device, rank, world = init_distributed(cfg)
     run_dir = cfg.resume or cfg.log.run_dir or default_run_dir(cfg)
     if world > 1:  # one run dir for all ranks (rank 0's timestamp)
@@ -220,12 +241,10 @@ def setup(
         run_dir = box[0]
     cfg.log.run_dir = run_dir
     if not cfg.resume and os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
-        raise FileExistsError(
+        raise RunExistsError(
             f"{run_dir} already holds a run; continue it with --resume {run_dir}, "
             "or choose another log.run_dir"
         )
-    if cfg.resume and not os.path.isdir(cfg.resume):
-        raise FileNotFoundError(f"--resume {cfg.resume!r}: no such run directory")
 
     # all fallible loading first, before any rollout work
     if model is None:
@@ -241,18 +260,25 @@ def setup(
 
     rollout_dtype = torch.bfloat16 if cfg.model.dtype == "bf16" else torch.float32
     tc = cfg.train
-    policy = Policy(
-        model,
-        finetune=tc.finetune,
-        lora_rank=tc.lora_rank,
-        lora_alpha=tc.lora_alpha,
-        lora_targets=tc.lora_targets,
-        need_reference=tc.kl_beta > 0,
-        rollout_dtype=rollout_dtype,
-        mixed_precision=tc.mixed_precision,
-        init_seed=derive_seed(cfg.seed, TAG_INIT),
-        gradient_checkpointing=tc.gradient_checkpointing,
-    )
+    try:
+        policy = Policy(
+            model,
+            finetune=tc.finetune,
+            lora_rank=tc.lora_rank,
+            lora_alpha=tc.lora_alpha,
+            lora_targets=tc.lora_targets,
+            need_reference=tc.kl_beta > 0,
+            rollout_dtype=rollout_dtype,
+            mixed_precision=tc.mixed_precision,
+            init_seed=derive_seed(cfg.seed, TAG_INIT),
+            gradient_checkpointing=tc.gradient_checkpointing,
+        )
+    except ValueError as e:  # peft: no module matches the given target_modules
+        if tc.finetune != "lora" or not tc.lora_targets:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"train.lora_targets {list(tc.lora_targets)}: {first} (empty = the "
+                          "model adapter's defaults: train.lora_targets=)") from e  # fmt: skip
     optimizer = torch.optim.AdamW(
         policy.trainable_parameters(),
         lr=tc.lr,
@@ -270,6 +296,9 @@ def setup(
             pstate, ostate, state = load_checkpoint(ckpt, device)
             policy.load_state_dict(pstate)
             optimizer.load_state_dict(ostate)
+            for group in optimizer.param_groups:  # the config's (maybe overridden) hyperparameters
+                group.update(lr=tc.lr, betas=tc.adam_betas, eps=tc.adam_eps,
+                             weight_decay=tc.weight_decay)  # fmt: skip
             run.start_iteration = state["next_iteration"]
             run.opt_steps = state["opt_steps"]
             run.elapsed_before = state["elapsed_s"]
@@ -279,7 +308,9 @@ def setup(
             for name, key in (("metrics.jsonl", "iteration"), ("eval.jsonl", "updates")):
                 path = os.path.join(run_dir, name)
                 if os.path.exists(path):  # drop lines written after the last checkpoint
-                    bound = run.start_iteration + (1 if key == "updates" else 0)
+                    # (evaluation "updates" u is written at iteration u - 1; with no checkpoint
+                    # the loop starts over, initial evaluation included)
+                    bound = run.start_iteration + (key == "updates" and run.start_iteration > 0)
                     truncate_jsonl(path, key, bound)
         save_yaml(cfg, os.path.join(run_dir, "config.yaml"))
         write_environment(run_dir, device)
@@ -298,11 +329,31 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)  # syncs: phase timings measure finished GPU work
 
 
+def show_bars(run: Run) -> bool:
+    """Progress bars on the main rank when log.progress is on and stderr is a terminal (redirected
+    to a file, tqdm's redraws would fill it with escape codes: one line per iteration instead)."""
+    return run.main and run.cfg.log.progress and sys.stderr.isatty()
+
+
 def progress_bar(run: Run, total: int, desc: str, unit: str = "img"):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True,
-                disable=not (run.main and run.cfg.log.progress))  # fmt: skip
+                disable=not show_bars(run))  # fmt: skip
+
+
+def iteration_line(row: dict, iterations: int) -> str:
+    """One line per iteration where no progress bar shows it."""
+
+    def num(key: str, fmt: str = ".3f") -> str:
+        return "-" if row.get(key) is None else format(row[key], fmt)
+
+    line = (f"iteration {row['iteration'] + 1}/{iterations}: reward fp4 {num('reward_fp4_mean')} "
+            f"bf16 {num('reward_bf16_mean')}, loss {num('loss', '.3g')}")  # fmt: skip
+    if row.get("eval_reward") is not None:
+        line += f", eval {num('eval_reward')}"
+    return (line + f", {row['iter_s']:.1f} s (preview {row['preview_s']:.1f}, regenerate "
+            f"{row['regen_s']:.1f}, train {row['train_s']:.1f})")  # fmt: skip
 
 
 def draw_prompts(run: Run, it: int) -> tuple[list[str], torch.Tensor]:
@@ -712,7 +763,7 @@ def train(
 
     outer = tqdm(range(run.start_iteration, cfg.iterations), desc="iterations", unit="it",
                  initial=run.start_iteration, total=cfg.iterations, dynamic_ncols=True,
-                 disable=not (run.main and cfg.log.progress))  # fmt: skip
+                 disable=not show_bars(run))  # fmt: skip
     for it in outer:
         t_iter = time.perf_counter()
         show = cfg.log.image_prompts if (run.main and cfg.log.image_every
@@ -807,9 +858,12 @@ def train(
             if show:
                 write_grid(run, it, prompts, pool, data, show)
             run.logger.plot_rewards()
-            shown = bf16_m if bf16_m is not None else fp4_m
-            outer.set_postfix(reward="-" if shown is None else f"{shown:.3f}",
-                              loss="-" if row["loss"] is None else f"{row['loss']:.3g}")  # fmt: skip
+            if show_bars(run):
+                shown = bf16_m if bf16_m is not None else fp4_m
+                outer.set_postfix(reward="-" if shown is None else f"{shown:.3f}",
+                                  loss="-" if row["loss"] is None else f"{row['loss']:.3g}")  # fmt: skip
+            else:
+                print(iteration_line(row, cfg.iterations), flush=True)
 
         # 8. checkpoint
         every = cfg.log.ckpt_every
@@ -829,10 +883,30 @@ def train(
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_args(argv)
-    train(cfg)
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """The command line. Returns the exit status: 0, 2 for a user's mistake (ConfigError: one
+    line `solrl: error: ...` on stderr, as tyro's own errors), 130 for Ctrl-C (with the command
+    that continues the run); other exceptions keep their traceback."""
+    import shlex
+
+    from .config import ConfigError
+
+    cfg = None
+    try:
+        cfg = parse_args(argv)
+        train(cfg)
+    except ConfigError as e:
+        print(f"solrl: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        # setup() stores the run directory in cfg.log.run_dir; it is resumable once config.yaml is in it
+        run_dir = cfg.log.run_dir if cfg is not None else ""
+        resumable = run_dir and os.path.isfile(os.path.join(run_dir, "config.yaml"))
+        hint = f"; continue with: python -m solrl.train --resume {shlex.quote(run_dir)}" if resumable else ""
+        print(f"solrl: interrupted{hint}", file=sys.stderr)
+        return 130
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 

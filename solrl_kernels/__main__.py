@@ -6,6 +6,7 @@ nvfp4_linear and the quantized attention to within rounding.
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import torch
@@ -72,10 +73,21 @@ def _attention_checks(device: str) -> list[tuple[str, bool]]:
 
 
 def _self_check(device: str) -> list[tuple[str, bool]]:
+    """[(what was checked, passed)] for every check on `device`."""
     return [*_quantize_checks(device), _gemm_check(device), *_attention_checks(device)]
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line: no options beyond --help; the module docstring is its description."""
+    parser = argparse.ArgumentParser(
+        prog="python -m solrl_kernels", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the backend report and run the self-check; 1 if any check fails, else 0."""
+    parse_args(argv)
     print(f"solrl_kernels {__import__('solrl_kernels').__version__} | torch {torch.__version__}")
     for name, ok, why in backends_report():
         print(f"  {name:9s} {'yes' if ok else 'no ':3s}  {why}")

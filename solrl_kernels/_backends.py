@@ -8,6 +8,7 @@ kernels on a CUDA GPU; on CPU only in the interpreter, TRITON_INTERPRET=1), ``em
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 
 import torch
@@ -16,18 +17,25 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 @functools.cache
 def _load_native() -> tuple[bool, str]:
+    """(loaded, why): import solrl_kernels._C, then the fakes of its ops (_native_ops).
+
+    One step at a time, so that each failure gets its own cause: no _C module at all (never
+    built), a _C that exists but does not load (built against another torch / CUDA), a _C that
+    loads but lacks ops its fakes describe (built from an older checkout)."""
+    name = f"{__package__}._C"
     try:
-        from . import (
-            _C,  # noqa: F401  registers torch.ops.solrl_kernels.*
-            _native_ops,  # noqa: F401  register_fake for the C++ ops
-        )
-    except ImportError as e:
+        importlib.import_module(name)  # registers torch.ops.solrl_kernels.*
+    except ModuleNotFoundError as e:
+        if e.name != name:  # _C exists; something it imports does not
+            return False, f"solrl_kernels._C failed to load ({e}); rebuild against this torch"
         return False, (
             f"solrl_kernels._C is not built ({e}); build it with a CUDA torch and nvcc: "
             "pip install nvidia-cutlass==4.2.0.0 && pip install --no-build-isolation ."
         )
-    except OSError as e:  # built against another torch / CUDA
+    except (ImportError, OSError) as e:  # built against another torch / CUDA
         return False, f"solrl_kernels._C failed to load ({e}); rebuild against this torch"
+    try:
+        from . import _native_ops  # noqa: F401  register_fake for the C++ ops
     except RuntimeError as e:  # loaded, but without the ops its fakes describe: a stale build
         return False, f"solrl_kernels._C is stale ({e}); rebuild it from this checkout"
     return True, "solrl_kernels._C loaded"

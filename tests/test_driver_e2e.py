@@ -151,6 +151,25 @@ def test_resume_gives_the_same_metrics(tmp_path):
     assert env.count("# session started ") == 2 and env.count(f"\ntorch {torch.__version__} (CUDA ") == 2, env
 
 
+def test_resume_before_the_first_checkpoint_starts_over(tmp_path, capsys):
+    """A run stopped before its first checkpoint starts over on resume: its initial evaluation is
+    redone, not duplicated. Without progress bars (log.progress=false, or stderr not a terminal)
+    each iteration prints one line."""
+    import shutil
+
+    cfg = tiny_cfg(tmp_path, "nock", iterations=2, **{"log.ckpt_every": 0, "log.image_every": 0})
+    run_dir = run(cfg)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("iteration ")]
+    assert [ln.split(":")[0] for ln in lines] == ["iteration 1/2", "iteration 2/2"], lines
+    assert "reward fp4 " in lines[0] and ", eval " in lines[0] and " s (preview " in lines[0]
+    shutil.rmtree(os.path.join(run_dir, "checkpoints"))  # as if stopped before the checkpoint
+    saved = load_yaml(os.path.join(run_dir, "config.yaml"))
+    saved.update(resume=run_dir)
+    run(from_dict(saved))
+    assert [e["updates"] for e in read_jsonl(os.path.join(run_dir, "eval.jsonl"))] == [0, 1, 2]
+    assert [r["iteration"] for r in read_jsonl(os.path.join(run_dir, "metrics.jsonl"))] == [0, 1]
+
+
 def test_refuses_to_overwrite_a_run(tmp_path):
     cfg = tiny_cfg(tmp_path, "once", iterations=1, **{"eval.every": 0, "log.image_every": 0})
     run(cfg)
