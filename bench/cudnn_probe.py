@@ -19,8 +19,8 @@ the only SDPA backend allowed, and print "OK" or the error:
   sdpa-only      the op alone on q, k, v of this model's shapes (as bench/training_attention.py)
   mixed-grad     the op alone, backward twice: the output gradient first a slice of a wider
                  tensor (as a single block's), then a dense one (as a double block's)
-  train-fixed    "train" with every SDPA output's gradient copied into the output's strides
-                 before the backward sees it (solrl.policy.training_attention's workaround)
+  train-fixed    "train" inside solrl.policy.training_attention(), which copies every SDPA
+                 output's gradient into the output's strides before the backward sees it
 
 Under CUDA_LAUNCH_BLOCKING=1 the error names the kernel that failed, not a later one.
 """
@@ -28,6 +28,7 @@ Under CUDA_LAUNCH_BLOCKING=1 the error names the kernel that failed, not a later
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -36,6 +37,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, os.path.dirname(__file__))
+from solrl.policy import training_attention  # noqa: E402
 
 CASES = ("train", "checkpointing", "rollout-first", "batches", "double", "single", "batch1", "sdpa-only", "mixed-grad",
          "train-fixed")
@@ -64,18 +66,6 @@ def run_case(case: str) -> None:
                 torch.cuda.synchronize()
         print("OK", flush=True)
         return
-    if case == "train-fixed":
-        sdpa = torch.nn.functional.scaled_dot_product_attention
-
-        def same_stride_grad(*args, **kwargs):
-            o = sdpa(*args, **kwargs)
-            if o.requires_grad:
-                size, stride = o.shape, o.stride()
-                o.register_hook(lambda g: g if g.stride() == stride else
-                                torch.empty_strided(size, stride, dtype=g.dtype, device=g.device).copy_(g))
-            return o
-
-        torch.nn.functional.scaled_dot_product_attention = same_stride_grad
     layers = {"double": (2, 0), "single": (0, 4)}.get(case, (2, 4))
     model, full = flux1_dev(layers=layers, image_tokens=1024, text_tokens=512, batch=16)
     model = model.to("cuda", torch.bfloat16).train()
@@ -92,7 +82,8 @@ def run_case(case: str) -> None:
         out.float().pow(2).mean().backward()
         torch.cuda.synchronize()
 
-    with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+    fix = training_attention() if case == "train-fixed" else contextlib.nullcontext()
+    with fix, sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
         if case == "rollout-first":
             with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
                 model(**inputs(16), return_dict=False)
