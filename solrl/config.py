@@ -526,7 +526,6 @@ def load_preset(name: str) -> dict:
     if name not in names:
         raise ConfigError(f"unknown preset {name!r}; valid: toy, {', '.join(names)}")
     d = yaml.safe_load((resources.files("solrl") / "configs" / f"{name}.yaml").read_text()) or {}
-    d.pop("resume", None)
     d["preset"] = name
     return d
 

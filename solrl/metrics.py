@@ -319,15 +319,19 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return done[-1] if done else None
 
 
-def load_checkpoint(path: str | os.PathLike, device) -> tuple[dict, dict, dict]:
-    """-> (policy tensors, optimizer state, state.json dict)."""
+def checkpoint_state(path: str | os.PathLike) -> dict:
+    """A checkpoint's state.json: next_iteration, opt_steps, elapsed_s, config."""
+    return json.loads((Path(path) / "state.json").read_text())
+
+
+def load_checkpoint(path: str | os.PathLike, device) -> tuple[dict, dict]:
+    """-> (policy tensors, optimizer state); its state.json: checkpoint_state."""
     from safetensors.torch import load_file
 
     path = Path(path)
     policy_state = load_file(str(path / "policy.safetensors"), device=str(device))
     optimizer_state = torch.load(path / "optimizer.pt", map_location=device, weights_only=True)
-    state = json.loads((path / "state.json").read_text())
-    return policy_state, optimizer_state, state
+    return policy_state, optimizer_state
 
 
 # --- summary ------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ import torch.distributed as dist
 from .config import Config, parse_args, save_yaml, to_dict
 from .metrics import (
     RunLogger,
+    checkpoint_state,
     latest_checkpoint,
     load_checkpoint,
     read_jsonl,
@@ -216,18 +217,18 @@ def setup(
     """Build the run; model / reward / prompts may be injected (tests, library use). Mistakes
     found before any loading (no GPU, no run to resume or one it cannot continue, a run already
     in log.run_dir, a model folder without model_index.json) raise ConfigError."""
-    import json
-
     from .config import ConfigError, RunExistsError, check_resume
 
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA device is available; use device=cpu or device=auto")
+    ckpt = state = None
     if cfg.resume:
         if not os.path.isdir(cfg.resume):
             raise ConfigError(f"--resume {cfg.resume!r}: no such run directory")
         ckpt = latest_checkpoint(cfg.resume)
         if ckpt is not None:  # before any loading: the checkpoint must fit this config
-            check_resume(cfg, json.loads((ckpt / "state.json").read_text()))
+            state = checkpoint_state(ckpt)
+            check_resume(cfg, state)
     if model is None and cfg.model.kind != "toy":
         index = os.path.join(os.path.expanduser(cfg.model.path), "model_index.json")
         if not os.path.isfile(index):
@@ -290,18 +291,16 @@ def setup(
     run = Run(cfg, device, rank, world, model, reward_fn, prompt_fn, eval_prompts, policy,
               optimizer, None, run_dir, shift)  # fmt: skip
 
-    if cfg.resume:
-        ckpt = latest_checkpoint(run_dir)
-        if ckpt is not None:
-            pstate, ostate, state = load_checkpoint(ckpt, device)
-            policy.load_state_dict(pstate)
-            optimizer.load_state_dict(ostate)
-            for group in optimizer.param_groups:  # the config's (maybe overridden) hyperparameters
-                group.update(lr=tc.lr, betas=tc.adam_betas, eps=tc.adam_eps,
-                             weight_decay=tc.weight_decay)  # fmt: skip
-            run.start_iteration = state["next_iteration"]
-            run.opt_steps = state["opt_steps"]
-            run.elapsed_before = state["elapsed_s"]
+    if ckpt is not None:
+        pstate, ostate = load_checkpoint(ckpt, device)
+        policy.load_state_dict(pstate)
+        optimizer.load_state_dict(ostate)
+        for group in optimizer.param_groups:  # the config's (maybe overridden) hyperparameters
+            group.update(lr=tc.lr, betas=tc.adam_betas, eps=tc.adam_eps,
+                         weight_decay=tc.weight_decay)  # fmt: skip
+        run.start_iteration = state["next_iteration"]
+        run.opt_steps = state["opt_steps"]
+        run.elapsed_before = state["elapsed_s"]
     if run.main:
         os.makedirs(run_dir, exist_ok=True)
         if cfg.resume:
