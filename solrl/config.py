@@ -653,19 +653,15 @@ def _is_override(arg: str, keys) -> bool:
     return arg.startswith("--") or ("=" in arg and arg.split("=", 1)[0] in (*keys, *_META))
 
 
-def _list_args(key: str, tp: Any, val: str, following: list[str], keys) -> list[str]:
-    """The argv items of a tuple-valued `key=val`; a fixed-length tuple's values are counted,
-    including those given as the next items (`train.adam_betas=0.9 0.95`)."""
-    values = _split_list(val)
+def _list_values(key: str, tp: Any, text: str) -> list[str]:
+    """The values of a tuple-valued key from its command-line text (`_split_list`); a
+    fixed-length tuple's count is checked."""
+    values = _split_list(text)
     args = typing.get_args(tp)
-    if args and args[-1] is not Ellipsis:
-        extra = 0
-        while extra < len(following) and not _is_override(following[extra], keys):
-            extra += 1
-        if len(values) + (extra if len(values) <= 1 else 0) < len(args) or len(values) > len(args):
-            example = ",".join(str(v) for v in _get(_defaults(Config), key))
-            raise ConfigError(f"{key} takes {len(args)} values, got {values}: write {key}={example} "
-                              f"(or [{example}], or \"{example.replace(',', ' ')}\")")  # fmt: skip
+    if args and args[-1] is not Ellipsis and len(values) != len(args):
+        example = ",".join(str(v) for v in _get(_defaults(Config), key))
+        raise ConfigError(f"{key} takes {len(args)} values, got {values}: write {key}={example} "
+                          f"(or [{example}], or \"{example.replace(',', ' ')}\")")  # fmt: skip
     return values
 
 
@@ -678,10 +674,14 @@ def _get(cfg: Any, key: str) -> Any:
 def _expand_overrides(argv: list[str]) -> list[str]:
     """`train.lr=1e-4` -> `--train.lr 1e-4`, checking every key (and --key) against the config.
     A bool takes true/false in any case (`train.compile=true`, as YAML writes it); a list takes
-    `k=a,b`, `k=[a,b]` or `k="a b"`, and `k=` is the empty list."""
+    `k=a,b`, `k=[a,b]` or `k="a b"`, and `k=` is the empty list. The items after a list key
+    that are not options belong to it (`--k [a,b]`, `k=a b` unquoted, `k=[a, b]` split by the
+    shell)."""
     keys = _key_types()
-    out = []
-    for i, a in enumerate(argv):
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        i += 1
         if a.startswith("--"):
             name, eq, val = a[2:].partition("=")
             key = name.replace("-", "_")
@@ -690,11 +690,9 @@ def _expand_overrides(argv: list[str]) -> list[str]:
                 continue
             if key not in keys:
                 raise unknown_key_error(key)
-            if not eq:
-                out.append(a)
-                continue
         elif "=" in a and not a.startswith("-"):
             key, val = a.split("=", 1)
+            eq = "="
             if key not in keys:
                 raise unknown_key_error(key)
         else:
@@ -702,7 +700,14 @@ def _expand_overrides(argv: list[str]) -> list[str]:
             continue
         tp = keys[key]
         if typing.get_origin(tp) is tuple:
-            out += [f"--{key}", *_list_args(key, tp, val, argv[i + 1 :], keys)]
+            following = []
+            while i < len(argv) and not _is_override(argv[i], keys):
+                following.append(argv[i])
+                i += 1
+            out += [f"--{key}", *_list_values(key, tp, " ".join([val, *following]))]
+            continue
+        if not eq:
+            out.append(a)
             continue
         if tp is bool and val.lower() in ("true", "false"):
             val = val.capitalize()

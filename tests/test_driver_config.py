@@ -208,10 +208,21 @@ def test_empty_list_value_clears_the_list(tmp_path):
 @pytest.mark.parametrize("argv", [
     ["train.adam_betas=[0.8,0.95]"], ["train.adam_betas=0.8,0.95"], ["train.adam_betas=0.8 0.95"],
     ["train.adam_betas=[0.8, 0.95]"], ["train.adam_betas=0.8", "0.95"], ["--train.adam_betas=0.8,0.95"],
-    ["--train.adam_betas", "0.8", "0.95"],
+    ["--train.adam_betas", "0.8", "0.95"], ["--train.adam_betas", "[0.8,0.95]"],
+    ["train.adam_betas=[0.8,", "0.95]"], ["--train.adam_betas", "0.8,", "0.95", "iterations=3"],
 ])  # fmt: skip
 def test_tuple_values(argv):
     assert C.parse_args(argv).train.adam_betas == (0.8, 0.95)
+
+
+def test_list_option_as_two_items_is_split():
+    """`--key [a,b]` (the value a separate argv item) is the list a, b, as `key=[a,b]` is; it
+    used to reach tyro whole, where `[a,b]` became one regex (a character class)."""
+    cfg = C.parse_args(["--rollout.fp4_exclude", "[proj_out,norm_out]", "--train.lora_targets",
+                        "to_q", "to_k", "iterations=3"])  # fmt: skip
+    assert cfg.rollout.fp4_exclude == ("proj_out", "norm_out")
+    assert cfg.train.lora_targets == ("to_q", "to_k") and cfg.iterations == 3
+    assert C.parse_args(["--train.lora_targets", "[]"]).train.lora_targets == ()
 
 
 def test_list_values_keep_regex_commas():
