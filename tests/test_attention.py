@@ -293,6 +293,9 @@ def test_attention_bf16_is_sdpa():
         pytest.param({"k": torch.randn(1, 2, 8, 64)}, ValueError, "shapes do not match", id="heads"),
         pytest.param({"q": torch.randn(1, 1, 8, 64).int()}, TypeError, "got torch.int32", id="int"),
         pytest.param({"scale": float("nan")}, ValueError, "scale must be a finite", id="scale"),
+        pytest.param({"scale": "0.125"}, TypeError, "scale must be a float or None, got str",
+                     id="scale-str"),
+        pytest.param({"scale": torch.tensor(0.125)}, TypeError, "got Tensor", id="scale-tensor"),
         pytest.param({"backend": "cuda"}, ValueError, "backend must be", id="backend"),
     ],
 )
@@ -304,6 +307,17 @@ def test_attention_errors(kwargs, exc, match):
         args["v"] = args["k"]
     with pytest.raises(exc, match=match):
         attention(**args)
+
+
+def test_emulated_attention_carries_no_autograd_history():
+    """Quantized emulation has no useful gradient: before, q and k got exactly zero gradients
+    and v one through the smoothing mean alone. Now no gradient at all; bf16 is SDPA's."""
+    q, k, v = (torch.randn(1, 2, 40, 64, requires_grad=True) for _ in range(3))
+    for out in (attention(q, k, v, "nvfp4_pv", backend="emulated"),
+                attention_reference(q, k, v, "fp8"), naive_nvfp4_attention_reference(q, k, v)):
+        assert not out.requires_grad
+    attention_reference(q, k, v, "bf16").square().sum().backward()
+    assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in (q, k, v))
 
 
 def test_config_errors():

@@ -321,6 +321,46 @@ def test_bad_inputs_raise_clear_errors():
         FP8GemmConfig(block_k=64, promote_k=48)
 
 
+@pytest.mark.parametrize("storage", ["fp8", "packed"])
+def test_nvfp4_linear_checks_what_every_backend_needs(storage):
+    """Mistakes the GPU backends reject (or crash on) are caught up front on every backend:
+    before, the emulated path cast to any out_dtype and ran a weight on another device."""
+    w = prepare_weight(torch.randn(32, 64), storage=storage)
+    x = torch.randn(4, 64)
+    for out_dtype in (torch.int32, torch.float64, torch.float8_e4m3fn):
+        with pytest.raises(TypeError, match=r"out_dtype must be one of \(torch.bfloat16, "):
+            nvfp4_linear(x, w, out_dtype=out_dtype)
+    with pytest.raises(TypeError, match="bias must be a torch.Tensor or None, got list"):
+        nvfp4_linear(x, w, [0.0] * 32)
+    with pytest.raises(ValueError, match="w is on meta but x is on cpu"):
+        nvfp4_linear(x, w.to("meta"))
+    with pytest.raises(ValueError, match="bias is on meta but x is on cpu"):
+        nvfp4_linear(x, w, torch.zeros(32, device="meta"))
+    with pytest.raises(ValueError, match="x_tail is on meta but x is on cpu"):
+        nvfp4_linear(x[:, :48], w, x_tail=torch.randn(4, 16, device="meta"))
+    with pytest.raises(TypeError, match="takes a device, not a dtype"):
+        w.to(torch.bfloat16)
+    assert nvfp4_linear(x, w, out_dtype=torch.float32).dtype == torch.float32
+
+
+def test_prepare_weight_checks_and_detaches_the_weight():
+    """prepare_weight(linear.weight), as the module doc shows: the quantized weight keeps no
+    autograd graph of the Parameter, so the layer's output does not require grad."""
+    linear = torch.nn.Linear(64, 32)
+    for storage in ("fp8", "packed"):
+        w = prepare_weight(linear.weight, storage=storage)
+        assert not w.global_scale.requires_grad
+        assert not nvfp4_linear(torch.randn(4, 64), w).requires_grad
+    with pytest.raises(TypeError, match="weight must be a torch.Tensor, got list"):
+        prepare_weight([[0.0] * 16])
+    with pytest.raises(ValueError, match="weight: the last dimension K=40"):
+        prepare_weight(torch.randn(8, 40))
+    bad = torch.randn(8, 64)
+    bad[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="weight contains 1 NaN and 0 Inf"):
+        prepare_weight(bad)
+
+
 # ---------------------------------------------------------------------- torch.library checks
 # opcheck's test_schema (SchemaCheckMode) multiplies inputs to detect mutation, which torch does
 # not implement for float8_e4m3fn tensors ("mul_cpu_reduced_float" not implemented): every op

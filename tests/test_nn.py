@@ -159,6 +159,60 @@ def test_module_errors():
         QuantizeConfig(include="to_q")
 
 
+def test_module_argument_mistakes_are_clear_errors():
+    linear = nn.Linear(64, 32)
+    with pytest.raises(TypeError, match="from_linear takes an nn.Linear, got Conv2d"):
+        NVFP4Linear.from_linear(nn.Conv2d(64, 32, 1))
+    # a bias of the wrong shape used to be stored, then broadcast into every output
+    with pytest.raises(ValueError, match=r"bias must have shape \(32,\), got \(1,\)"):
+        NVFP4Linear.from_linear(linear, bias=torch.randn(1))
+    q = NVFP4Linear.from_linear(linear)
+    with pytest.raises(ValueError, match=r"bias must have shape \(32,\), got \(16,\)"):
+        q.set_weight(linear.weight, torch.randn(16))
+    with pytest.raises(ValueError, match=r"expected input \(\.\.\., 64\), got \(\)"):
+        q(torch.tensor(1.0))
+    with pytest.raises(ValueError, match="w is on cpu but x is on meta"):
+        q(torch.randn(4, 64, device="meta"))
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got Tensor"):
+        quantize_model(torch.randn(4, 4))
+    with pytest.raises(TypeError, match="config must be a QuantizeConfig or None, got dict"):
+        quantize_model(nn.Sequential(nn.Linear(256, 256)), config={"scale_rule": "rn"})
+
+
+def test_quantize_config_option_mistakes_are_clear_errors():
+    """A string min_features or scale_search used to reach a comparison (or pass as truthy),
+    a bad regex raised re.error without saying which option held it."""
+    with pytest.raises(TypeError, match="min_features must be an int, got '256'"):
+        QuantizeConfig(min_features="256")
+    with pytest.raises(TypeError, match="scale_search must be True or False, got 'yes'"):
+        QuantizeConfig(scale_search="yes")
+    with pytest.raises(ValueError, match=r"exclude: 'attn\(' is not a valid regex"):
+        QuantizeConfig(exclude=["proj_out", "attn("])
+    with pytest.raises(ValueError, match=r"include: '\[' is not a valid regex"):
+        QuantizeConfig(include=["["])
+
+
+def test_report_summary_when_nothing_is_swapped():
+    report = quantize_model(nn.Sequential(nn.Linear(64, 64)))  # below min_features: kept
+    assert report.swapped == [] and "nan" not in report.summary()
+    assert report.summary() == "NVFP4: 0 layers swapped, 1 kept (no weights quantized)"
+
+
+def test_rollout_mode_keyword_contradicting_config_is_an_error():
+    """config's fields win over the keywords; a keyword set to something else was silently
+    ignored (here: the layers stayed fp8_exact)."""
+    model = nn.Sequential(nn.Linear(256, 256))
+    x = torch.randn(3, 256)
+    with pytest.raises(ValueError, match="scale_rule='rn' contradicts config.scale_rule="
+                                         "'fp8_exact'"), \
+            rollout_mode(model, scale_rule="rn", weight_storage="packed", config=QuantizeConfig()):
+        pass
+    assert isinstance(model[0], nn.Linear)
+    rn = QuantizeConfig(scale_rule="rn", weight_storage="packed", min_features=0)
+    with rollout_mode(model, scale_rule="rn", config=rn):  # agreeing keywords are fine
+        assert model[0].scale_rule == "rn" and model[0](x).shape == (3, 256)
+
+
 # ----------------------------------------------------------------- whole tiny transformers
 @needs_diffusers
 @pytest.mark.parametrize("make", MODELS)

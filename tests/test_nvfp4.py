@@ -220,6 +220,90 @@ def test_bad_input_errors():
         nvfp4.to_fp8_container(nvfp4.quantize(torch.randn(3, 32)))
 
 
+def test_zero_width_rows_are_a_clear_error():
+    """K = 0 is a multiple of 16 but no NVFP4 row: a ValueError, not a reshape crash."""
+    for quantizer in (nvfp4.quantize, nvfp4.quantize_to_fp8):
+        with pytest.raises(ValueError, match="K must be positive, got shape \\(4, 0\\)"):
+            quantizer(_rand((4, 0)))
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_given_global_scale_is_checked_and_shaped_as_documented(backend, device):
+    """A given global_scale comes back as NVFP4Tensor documents it ((..., 1) per row, 0-dim per
+    tensor) on every path, with the same bits; a wrong one is a clear error."""
+    x = _rand((2, 4, 64)).to(device)
+    amax_rows = x.abs().amax(-1).reshape(-1).cpu()  # (8,): one scale per row, flat
+    for granularity, gs, want in (("row", amax_rows / 384, (2, 4, 1)),
+                                  ("tensor", amax_rows.max().reshape(1) / 384, ())):
+        t = nvfp4.quantize(x, "fp8_exact", granularity=granularity, global_scale=gs,
+                           backend=backend)
+        assert t.global_scale.shape == want
+        assert_same_nvfp4(t, ref.quantize(x.cpu(), "fp8_exact", granularity=granularity,
+                                          global_scale=gs.reshape(want)))
+        _, gs_fp8 = nvfp4.quantize_to_fp8(x, granularity, global_scale=gs, backend=backend)
+        assert gs_fp8.shape == want
+    with pytest.raises(ValueError, match=r"'row' must be \(\.\.\., 1\) with 8 rows, got shape"):
+        nvfp4.quantize(x, granularity="row", global_scale=amax_rows[:3], backend=backend)
+    with pytest.raises(ValueError, match="'tensor' must be 0-dim, got shape \\(8,\\)"):
+        nvfp4.quantize(x, global_scale=amax_rows, backend=backend)
+    with pytest.raises(TypeError, match="global_scale must be a torch.Tensor or None, got float"):
+        nvfp4.quantize(x, global_scale=0.01, backend=backend)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="global_scale must be positive and finite"):
+            nvfp4.quantize(x, global_scale=torch.tensor(bad), backend=backend)
+
+
+def test_reference_quantizers_carry_no_autograd_history():
+    """Quantization has no gradient: before, the reference path let one flow through the
+    global scale's amax alone (a few non-zero entries of x.grad, all wrong)."""
+    x = _rand((4, 64)).requires_grad_()
+    t = nvfp4.quantize(x, backend="reference")
+    assert not t.global_scale.requires_grad
+    assert not nvfp4.dequantize(t).requires_grad
+    values, gs = nvfp4.quantize_to_fp8(x, backend="reference")
+    assert not values.requires_grad and not gs.requires_grad
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        nvfp4.dequantize(t).sum().backward()
+    assert x.grad is None
+
+
+def test_scale_search_must_be_a_bool():
+    """A string (any non-empty one is truthy) used to switch the search on silently."""
+    with pytest.raises(TypeError, match="scale_search must be True or False, got 'no'"):
+        nvfp4.quantize(_rand((4, 32)), "fp8_exact", scale_search="no")
+
+
+def test_container_arguments_are_type_checked():
+    x = _rand((8, 64))
+    t = nvfp4.quantize(x, "fp8_exact")
+    with pytest.raises(TypeError, match="t must be an NVFP4Tensor \\(from quantize\\), got Tensor"):
+        nvfp4.dequantize(x)
+    with pytest.raises(TypeError, match="must be an NVFP4Tensor"):
+        nvfp4.to_fp8_container(x)
+    with pytest.raises(TypeError, match="dtype must be a floating-point torch.dtype, got "
+                                        "torch.int32"):
+        nvfp4.dequantize(t, torch.int32)
+    assert nvfp4.dequantize(t, torch.float64).dtype == torch.float64
+    with pytest.raises(TypeError, match="takes a device, not a dtype"):
+        t.to(torch.float16)  # would cast the uint8 codes and E4M3 scales into garbage
+    moved = t.to("cpu")
+    assert moved.data.dtype == torch.uint8 and moved.scales.dtype == torch.float8_e4m3fn
+    assert torch.equal(nvfp4.dequantize(moved), nvfp4.dequantize(t))
+
+
+def test_quantize_to_fp8_x_tail_errors_follow_the_convention():
+    """A wrong type or dtype of x_tail is a TypeError (as in nvfp4_linear), a wrong shape a
+    ValueError."""
+    x = _rand((4, 32))
+    with pytest.raises(TypeError, match="x_tail must be a tensor of x's dtype torch.float32, "
+                                        "got torch.float64"):
+        nvfp4.quantize_to_fp8(x, x_tail=_rand((4, 16), dtype=torch.float64))
+    with pytest.raises(TypeError, match="got list"):
+        nvfp4.quantize_to_fp8(x, x_tail=[0.0] * 16)
+    with pytest.raises(ValueError, match="x_tail must have x's leading dims"):
+        nvfp4.quantize_to_fp8(x, x_tail=_rand((3, 16)))
+
+
 def test_huge_and_tiny_magnitudes():
     for mag in (1e30, 1e-25):
         x = _rand((8, 64)) * mag

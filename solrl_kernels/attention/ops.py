@@ -304,7 +304,10 @@ def attention(
     config: what the quantized attention computes (smoothing, scale search, P tile).
     backend: "auto" (Triton where available, else emulated), "triton" (error if
         unavailable) or "emulated" (the plain-torch reference).
-    Returns (B, H, Sq, D) in q.dtype. Non-finite inputs give undefined outputs.
+    Returns (B, H, Sq, D) in q.dtype. Non-finite inputs give undefined outputs (with
+    smoothing, for every query of the head that holds one).
+    Quantized precisions are not differentiable ("auto"/"triton": a backward raises;
+    "emulated": the output carries no autograd history); "bf16" is.
     """
     check_attention_inputs(q, k, v, precision, scale)
     if backend not in ("auto", "triton", "emulated"):

@@ -123,7 +123,11 @@ def check_attention_inputs(
         raise ValueError(f"quantized attention supports head dim D in {HEAD_DIMS}, got D={D}")
     if k.shape[2] == 0:
         raise ValueError(f"attention needs at least one key, got k of shape {tuple(k.shape)}")
-    if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)):
+    if scale is None:
+        return
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool):
+        raise TypeError(f"scale must be a float or None, got {type(scale).__name__} {scale!r}")
+    if not math.isfinite(scale):
         raise ValueError(f"scale must be a finite float or None, got {scale!r}")
 
 
@@ -195,6 +199,8 @@ def attention_reference(
         (FP8 Q and K, NVFP4 P and V; module doc).
     scale: softmax scale, default 1/sqrt(D). Returns float32 (B, H, Sq, D). Non-causal,
     no mask. Computed in chunks of heads to bound memory (~1 GB of fp32 temporaries).
+    The quantized precisions are not differentiable: their output carries no autograd history
+    (rounding has no useful gradient); "bf16" is torch's SDPA and is.
     """
     check_attention_inputs(q, k, v, precision, scale)
     if precision == "bf16":
@@ -214,7 +220,8 @@ def emulate_operands(
     """The emulated attention with each operand's format chosen: formats = (Q, K, P, V),
     each "fp8", "nvfp4" or None (unquantized). attention_reference's precisions are
     OPERAND_FORMATS; other combinations are for accuracy studies (no kernel computes them).
-    Shapes as attention_reference (inputs are not checked here)."""
+    Shapes as attention_reference (inputs are not checked here). No autograd history."""
+    q, k, v = q.detach(), k.detach(), v.detach()
     B, H, Sq, D = q.shape
     Sk = k.shape[2]
     tau = _softmax_scale(D, scale)

@@ -41,13 +41,14 @@ from .._backends import (
     plain_eager,
     triton_available,
 )
-from ..nvfp4.api import activated_input, check_input_activation
+from ..nvfp4.api import activated_input, check_input_activation, check_tail_type
 from ..nvfp4.tensor import NVFP4Tensor
 from . import ops, triton_launch
 from .activation_cache import quantize_activation, set_activation_reuse
 from .reference import (
     ACTIVATIONS,
     check_activation,
+    check_out_dtype,
     fp8_gemm_reference,
     nvfp4_gemm_packed_reference,
     nvfp4_linear_reference,
@@ -228,6 +229,10 @@ def nvfp4_linear(
     x_activation: the same for x: "gelu_tanh" makes the input gelu(x) (or cat([gelu(x), ...])),
     applied by the Hopper quantizer as it reads x, so that a feed-forward's GELU needs neither
     a pass of its own nor the previous GEMM's epilogue (:mod:`solrl_kernels.nn.swap`).
+    x, x_tail, w and bias must be on one device (ValueError otherwise); out_dtype is bfloat16,
+    float16 or float32 (TypeError otherwise). x is not checked for NaN/Inf: a row holding one
+    gives undefined values in its output row (not necessarily NaN); other rows are unaffected.
+    Not differentiable (rollouts): a backward through the result raises.
     """
     if not isinstance(w, (NVFP4Tensor, FP8Weight)):
         raise TypeError(f"w must be an NVFP4Tensor or FP8Weight, got {type(w).__name__}")
@@ -239,9 +244,7 @@ def nvfp4_linear(
                         f"{getattr(x, 'dtype', type(x).__name__)}")
     N, K = w.shape
     if x_tail is not None:
-        if not isinstance(x_tail, torch.Tensor) or x_tail.dtype != x.dtype:
-            raise TypeError(f"x_tail must be a tensor of x's dtype {x.dtype}, got "
-                            f"{getattr(x_tail, 'dtype', type(x_tail).__name__)}")
+        check_tail_type(x, x_tail)
         if x.dim() == 0 or x.shape[:-1] != x_tail.shape[:-1] or (
                 x.shape[-1] + x_tail.shape[-1] != K):
             raise ValueError(f"x and x_tail must be (..., K1) and (..., K2) with K1 + K2 = {K}, "
@@ -250,9 +253,16 @@ def nvfp4_linear(
         raise ValueError(f"x must have shape (..., {K}), got {tuple(x.shape)}")
     check_input_activation("x_activation", x_activation)
     check_input_activation("x_tail_activation", x_tail_activation)
+    if bias is not None and not isinstance(bias, torch.Tensor):
+        raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
     if bias is not None and tuple(bias.shape) != (N,):
         raise ValueError(f"bias must have shape ({N},), got {tuple(bias.shape)}")
     check_activation(activation)
+    check_out_dtype(out_dtype)
+    for name, t in (("w", w), ("bias", bias), ("x_tail", x_tail)):
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}; nvfp4_linear "
+                             "needs its operands on one device")
     plan = plan_backend(w, x.device, backend, out_dtype)
     if plan[0] == "emulated" and w.scale_rule != "fp8_exact" and x.is_cuda:
         _warn_rn(w)

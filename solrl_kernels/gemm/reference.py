@@ -37,6 +37,12 @@ def check_activation(activation: str) -> None:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
 
+def check_out_dtype(out_dtype, what: str = "") -> None:
+    """TypeError unless out_dtype is one of OUT_DTYPES (what every GEMM backend writes)."""
+    if out_dtype not in OUT_DTYPES:
+        raise TypeError(f"{what}out_dtype must be one of {OUT_DTYPES}, got {out_dtype}")
+
+
 def apply_activation(y: torch.Tensor, activation: str) -> torch.Tensor:
     """y (any float dtype) -> act(y): "none", "gelu_tanh" (GELU, tanh approximation), "silu"."""
     check_activation(activation)

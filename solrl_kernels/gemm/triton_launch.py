@@ -15,7 +15,7 @@ import torch
 from .._backends import triton_interpreting
 from ..nvfp4.tensor import BLOCK_SIZE
 from . import triton_kernels as tk
-from .reference import ACTIVATIONS, OUT_DTYPES, check_activation
+from .reference import ACTIVATIONS, check_activation, check_out_dtype
 
 FP8 = torch.float8_e4m3fn
 
@@ -162,8 +162,7 @@ def check_gemm_args(a, b_rows, K_b, scale_a, scale_b, bias, activation, out_dtyp
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != b_rows):
         raise ValueError(f"{what}: bias must have shape ({b_rows},), got {tuple(bias.shape)}")
     check_activation(activation)
-    if out_dtype not in OUT_DTYPES:
-        raise TypeError(f"{what}: out_dtype must be one of {OUT_DTYPES}, got {out_dtype}")
+    check_out_dtype(out_dtype, f"{what}: ")
     return M, b_rows, K
 
 

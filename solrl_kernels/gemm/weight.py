@@ -18,8 +18,8 @@ from typing import Literal
 import torch
 
 from .. import nvfp4
-from ..nvfp4.reference import row_major_scales
-from ..nvfp4.tensor import Granularity, NVFP4Tensor, ScaleRule
+from ..nvfp4.reference import check_input, row_major_scales
+from ..nvfp4.tensor import Granularity, NVFP4Tensor, ScaleRule, as_device
 
 WeightStorage = Literal["packed", "fp8"]
 WEIGHT_STORAGES = ("packed", "fp8")
@@ -58,6 +58,8 @@ class FP8Weight:
         return sum(t.numel() * t.element_size() for t in (self.values, self.global_scale))
 
     def to(self, device) -> FP8Weight:
+        """A copy on ``device`` (a device only: the storage dtypes are fixed)."""
+        device = as_device(device, "FP8Weight")
         return replace(self, values=self.values.to(device),
                        global_scale=self.global_scale.to(device))
 
@@ -93,13 +95,16 @@ def prepare_weight(
     scale_search: bool = False,
     granularity: Granularity = "row",
 ) -> NVFP4Tensor | FP8Weight:
-    """Quantize a dense weight (N, K) (any float dtype) into the given storage mode.
+    """Quantize a dense weight (N, K) (float32/bfloat16/float16, K % 16 == 0, finite) into
+    the given storage mode. The result carries no autograd history (a Parameter is detached).
 
     scale_search: the fp8_exact rule's per-block MSE search over 3 candidate scales (slower to
     quantize, ~5% less error). Raises ValueError for storage="fp8" with scale_rule="rn".
     """
     if storage not in WEIGHT_STORAGES:
         raise ValueError(f"weight storage must be one of {WEIGHT_STORAGES}, got {storage!r}")
+    check_input(weight, "weight", check_finite=True)  # the quantizers below skip it
+    weight = weight.detach()
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D (N, K), got shape {tuple(weight.shape)}")
     if storage == "fp8" and scale_rule != "fp8_exact":
@@ -108,10 +113,10 @@ def prepare_weight(
             "products e2m1*scale are not E4M3 numbers; use weight_storage='packed'"
         )
     if storage == "fp8" and not scale_search:
-        values, gs = quantize_to_fp8(weight, granularity=granularity, check_finite=True)
+        values, gs = quantize_to_fp8(weight, granularity=granularity, check_finite=False)
         return FP8Weight(values=values, global_scale=gs)
     t = nvfp4.quantize(weight, scale_rule=scale_rule, scale_search=scale_search,
-                       granularity=granularity, check_finite=True,
+                       granularity=granularity, check_finite=False,
                        backend=_quant_backend(weight))
     if storage == "fp8":
         values, gs = nvfp4.to_fp8_container(t)

@@ -136,7 +136,11 @@ class NVFP4Linear(nn.Module):
         input_activation: Literal["none", "gelu_tanh"] = "none",
     ) -> NVFP4Linear:
         """Quantized copy of ``linear`` (its weight, or ``weight`` (N, K) if given, e.g. with
-        LoRA merged; ``bias`` likewise). ``linear`` itself is left untouched."""
+        LoRA merged; ``bias`` (N,) likewise). ``linear`` itself is left untouched."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"from_linear takes an nn.Linear, got {type(linear).__name__}"
+                            + (" (see NVFP4PointwiseConv2d.from_conv)"
+                               if isinstance(linear, nn.Conv2d) else ""))
         return cls._quantized(
             linear.weight if weight is None else weight, linear.bias if bias is None else bias,
             linear.in_features, linear.out_features, scale_rule=scale_rule,
@@ -155,7 +159,8 @@ class NVFP4Linear(nn.Module):
 
     @torch.no_grad()
     def set_weight(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
-        """(Re-)quantize from a dense weight (N, K) (any float dtype); copy bias if given."""
+        """(Re-)quantize from a dense weight (N, K) (float32/bfloat16/float16); copy bias
+        (N,) if given."""
         N, K = self.out_features, self.in_features
         weight = weight.detach().reshape(weight.shape[0], -1)
         if tuple(weight.shape) != (N, K):
@@ -169,6 +174,8 @@ class NVFP4Linear(nn.Module):
         if bias is not None:
             if self.bias is None:
                 raise ValueError("this NVFP4Linear was built without a bias")
+            if tuple(bias.shape) != (N,):
+                raise ValueError(f"bias must have shape ({N},), got {tuple(bias.shape)}")
             self.bias = bias.detach().clone()
 
     @property
@@ -204,7 +211,7 @@ class NVFP4Linear(nn.Module):
         """x (..., in_features); or x (..., K1) and x_tail (..., K2) with K1 + K2 = in_features:
         the layer applied to cat([x, x_tail_activation(x_tail)], -1), read in place where the
         Hopper quantizer runs (:func:`~solrl_kernels.gemm.nvfp4_linear`)."""
-        width = x.shape[-1] + (0 if x_tail is None else x_tail.shape[-1])
+        width = x.shape[-1] + (0 if x_tail is None else x_tail.shape[-1]) if x.dim() else 0
         if width != self.in_features:
             raise ValueError(f"expected input (..., {self.in_features}), got {tuple(x.shape)}"
                              + ("" if x_tail is None else f" + {tuple(x_tail.shape)}"))

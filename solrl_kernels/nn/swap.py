@@ -92,12 +92,16 @@ class QuantizeConfig:
                              f"{self.scale_rule!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if not isinstance(self.min_features, int) or isinstance(self.min_features, bool):
+            raise TypeError(f"min_features must be an int, got {self.min_features!r}")
         if self.min_features < 0:
             raise ValueError(f"min_features must be >= 0, got {self.min_features}")
+        if not isinstance(self.scale_search, bool):
+            raise TypeError(f"scale_search must be True or False, got {self.scale_search!r}")
         if isinstance(self.include, str) or isinstance(self.exclude, str):
             raise TypeError("include / exclude are sequences of regexes, not one string")
-        self._inc = [re.compile(p) for p in self.include] if self.include is not None else None
-        self._exc = [re.compile(p) for p in self.exclude]
+        self._inc = _compile(self.include, "include") if self.include is not None else None
+        self._exc = _compile(self.exclude, "exclude")
 
     def skip_reason(self, name: str, in_features: int, out_features: int) -> str | None:
         """Why the layer `name` stays in high precision (None: it is swapped)."""
@@ -115,6 +119,17 @@ class QuantizeConfig:
         return None
 
 
+def _compile(patterns: Sequence[str], what: str) -> list[re.Pattern]:
+    """The regexes of include / exclude; ValueError naming the one that does not compile."""
+    out = []
+    for p in patterns:
+        try:
+            out.append(re.compile(p))
+        except re.error as e:
+            raise ValueError(f"{what}: {p!r} is not a valid regex ({e})") from None
+    return out
+
+
 @dataclass
 class QuantizationReport:
     """swapped: module names now NVFP4; skipped: name -> reason; bytes_before / bytes_after:
@@ -130,12 +145,14 @@ class QuantizationReport:
     seconds: float = 0.0
 
     def summary(self) -> str:
-        ratio = self.bytes_after / self.bytes_before if self.bytes_before else float("nan")
+        head = f"NVFP4: {len(self.swapped)} layers swapped, {len(self.skipped)} kept"
+        if not self.bytes_before:
+            return head + " (no weights quantized)"
         unit, div = next((u, d) for u, d in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10), ("B", 1))
                          if self.bytes_before >= d or d == 1)
-        return (f"NVFP4: {len(self.swapped)} layers swapped, {len(self.skipped)} kept; weights "
-                f"{self.bytes_before / div:.3f} -> {self.bytes_after / div:.3f} {unit} "
-                f"({ratio:.3f}x) in {self.seconds * 1e3:.1f} ms")
+        return (f"{head}; weights {self.bytes_before / div:.3f} -> {self.bytes_after / div:.3f} "
+                f"{unit} ({self.bytes_after / self.bytes_before:.3f}x) in "
+                f"{self.seconds * 1e3:.1f} ms")
 
 
 @dataclass
@@ -322,6 +339,8 @@ def _sync(model: nn.Module) -> None:
 
 def _swap_in(model: nn.Module, cfg: QuantizeConfig) -> tuple[QuantizationReport, Callable[[], None]]:
     """Quantize every selected layer, then swap them all in. Returns (report, restore)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     t0 = time.perf_counter()
     sites, skipped = collect_sites(model, cfg)
     new_modules = [_quantize_site(s, cfg) for s in sites]  # nothing swapped if this raises
@@ -347,6 +366,8 @@ def _swap_in(model: nn.Module, cfg: QuantizeConfig) -> tuple[QuantizationReport,
 
 
 def _config(config: QuantizeConfig | None, overrides: dict) -> QuantizeConfig:
+    if config is not None and not isinstance(config, QuantizeConfig):
+        raise TypeError(f"config must be a QuantizeConfig or None, got {type(config).__name__}")
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if config is None:
         return QuantizeConfig(**overrides)
@@ -381,6 +402,16 @@ def quantize_model(
     return report
 
 
+def _check_keywords_match(config: QuantizeConfig, keywords: dict) -> None:
+    """ValueError where a keyword moved off its default (QuantizeConfig's) says otherwise than
+    config, whose fields would silently win."""
+    defaults = QuantizeConfig.__dataclass_fields__
+    for name, value in keywords.items():
+        if value != defaults[name].default and value != getattr(config, name, value):
+            raise ValueError(f"rollout_mode: {name}={value!r} contradicts config.{name}="
+                             f"{getattr(config, name)!r}; set it in config")
+
+
 @contextlib.contextmanager
 def rollout_mode(
     transformer: nn.Module,
@@ -406,15 +437,20 @@ def rollout_mode(
     the original modules and processors are put back: parameters, requires_grad, train/eval
     mode and the peft wrapping are never modified. ``config`` gives every quantization
     option at once (its fields override the keyword defaults; explicit include / exclude /
-    min_features still win). Yields the :class:`QuantizationReport` (empty for linear="bf16").
+    min_features still win; a scale_rule / weight_storage / backend / scale_search keyword
+    set away from its default and contradicting ``config`` raises ValueError). Yields the
+    :class:`QuantizationReport` (empty for linear="bf16").
     """
     if linear not in ("nvfp4", "bf16"):
         raise ValueError(f"linear must be 'nvfp4' or 'bf16', got {linear!r}")
     if attention not in ("bf16", "fp8", "nvfp4", "nvfp4_pv"):
         raise ValueError(f"attention must be 'bf16', 'fp8', 'nvfp4' or 'nvfp4_pv', got {attention!r}")
+    keywords = dict(scale_rule=scale_rule, weight_storage=weight_storage, backend=backend,
+                    scale_search=scale_search)
     if config is None:
-        config = QuantizeConfig(scale_rule=scale_rule, weight_storage=weight_storage,
-                                backend=backend, scale_search=scale_search)
+        config = QuantizeConfig(**keywords)
+    else:
+        _check_keywords_match(config, keywords)
     cfg = _config(config, dict(include=include, exclude=exclude, min_features=min_features))
     restores: list[Callable[[], None]] = []
     report = QuantizationReport()

@@ -175,14 +175,18 @@ def quantize(
                   "fp8_exact" — block scales in {1,1.5}·2^e (DESIGN §3), expandable to FP8.
     scale_search: fp8_exact only: per-block minimum-squared-error choice among 3 scales.
     granularity:  "tensor" — one fp32 global scale (0-dim); "row" — one per row, (..., 1).
-    check_finite: raise ValueError on NaN/Inf (costs one pass; turn off on hot paths).
-    global_scale: use this decode scale instead of amax/(6·S_MAX).
+    check_finite: raise ValueError on NaN/Inf in x (and on a global_scale that is not
+                  positive and finite); costs one pass; turn off on hot paths.
+    global_scale: use this fp32 decode scale instead of amax/(6·S_MAX): 0-dim for "tensor",
+                  one per row, (..., 1), for "row" (any device; moved to x's).
     scale_layout: "row_major" (..., K/16) or "blocked" (the 128x4 swizzle, flat).
     backend:      "auto" | "cuda" | "triton" | "reference" (see the module docstring).
-    Empty inputs give empty outputs; non-contiguous inputs are copied.
+    Inputs without rows (0, K) give empty outputs; K must be positive. Non-contiguous inputs
+    are copied. Not differentiable: no gradient flows back to x.
     """
     ref.check_input(x, "x", check_finite)
     ref.check_options(scale_rule, scale_search, granularity, scale_layout)
+    ref.check_global_scale(global_scale, x, granularity, check_finite)
     blocked = scale_layout == "blocked"
     x2d = _rows(x)
     row_scale = granularity == "row" and global_scale is None
@@ -213,6 +217,13 @@ def quantize(
 
 
 INPUT_ACTIVATIONS = ("none", "gelu_tanh")  # what the CUDA row quantizer applies as it reads
+
+
+def check_tail_type(x: torch.Tensor, x_tail) -> None:
+    """TypeError unless x_tail is a tensor of x's dtype (quantize_to_fp8, nvfp4_linear)."""
+    if not isinstance(x_tail, torch.Tensor) or x_tail.dtype != x.dtype:
+        raise TypeError(f"x_tail must be a tensor of x's dtype {getattr(x, 'dtype', None)}, "
+                        f"got {getattr(x_tail, 'dtype', type(x_tail).__name__)}")
 
 
 def check_input_activation(arg: str, act: str) -> None:
@@ -248,6 +259,11 @@ def quantize_to_fp8(
     Returns (values float8_e4m3fn (..., K), global_scale fp32: (..., 1) for "row", 0-dim for
     "tensor"), with values * global_scale == dequantize(quantize(x, "fp8_exact", ...)) exactly,
     i.e. the same as to_fp8_container(quantize(x, scale_rule="fp8_exact", ...)).
+    x: float32/bfloat16/float16 (..., K), K % 16 == 0 (of the whole row with x_tail).
+    granularity, scale_search, global_scale, backend: as :func:`quantize`.
+    check_finite: off by default (the GEMM's activation path): NaN/Inf in x then give
+    undefined values and scales (for their rows alone with granularity="row"); True raises
+    ValueError, at the cost of one pass.
 
     x_tail: (..., K2) with x's leading dims, or None. Quantizes cat([x, x_tail], -1) (values
     (..., K + K2)); the CUDA row quantizer reads the two tensors in place (per-row scales
@@ -261,9 +277,11 @@ def quantize_to_fp8(
     """
     check_input_activation("activation", activation)
     check_input_activation("tail_activation", tail_activation)
-    if x_tail is not None and (x_tail.shape[:-1] != x.shape[:-1] or x_tail.dtype != x.dtype):
-        raise ValueError(f"x_tail must have x's leading dims and dtype: x {tuple(x.shape)} "
-                         f"{x.dtype}, x_tail {tuple(x_tail.shape)} {x_tail.dtype}")
+    if x_tail is not None:
+        check_tail_type(x, x_tail)
+        if x_tail.shape[:-1] != x.shape[:-1]:
+            raise ValueError(f"x_tail must have x's leading dims: x {tuple(x.shape)}, x_tail "
+                             f"{tuple(x_tail.shape)}")
     if activation != "none" or x_tail is not None:
         # the CUDA row quantizer reads x and x_tail in place, and applies GELU to the columns
         # [start, K) of the row as it reads them
@@ -289,6 +307,7 @@ def quantize_to_fp8(
         x = activated_input(x, x_tail, activation, tail_activation)
     ref.check_input(x, "x", check_finite)
     ref.check_options("fp8_exact", scale_search, granularity)
+    ref.check_global_scale(global_scale, x, granularity, check_finite)
     x2d = _rows(x)
     path = _path(backend, x2d, scale_search, container=True)
     if path == "reference":
@@ -305,7 +324,11 @@ def dequantize(
     t: NVFP4Tensor, dtype: torch.dtype = torch.float32, backend: Backend = "auto"
 ) -> torch.Tensor:
     """NVFP4Tensor -> dense (..., K) in dtype: (e2m1 · s_blk) · global_scale in fp32, then cast.
+    dtype: a floating-point dtype (TypeError otherwise).
     (No CUDA kernel: backend "cuda" raises; "auto" takes Triton or the reference.)"""
+    ref.check_nvfp4_tensor(t)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype}")
     if backend == "cuda":
         raise RuntimeError("backend='cuda' requested but unavailable: dequantize has no CUDA "
                            "kernel (backend='auto' runs the Triton one)")

@@ -57,10 +57,13 @@ def check_input(x: torch.Tensor, name: str = "x", check_finite: bool = True) -> 
         raise TypeError(f"{name} must be float32, bfloat16 or float16, got {x.dtype}")
     if x.dim() == 0:
         raise ValueError(f"{name} must have at least one dimension (..., K), got a scalar")
+    if x.shape[-1] == 0:
+        raise ValueError(f"{name}: the last dimension K must be positive, got shape "
+                         f"{tuple(x.shape)}")
     if x.shape[-1] % BLOCK_SIZE != 0:
         raise ValueError(
             f"{name}: the last dimension K={x.shape[-1]} must be a multiple of {BLOCK_SIZE} "
-            f"(NVFP4 block size); pad K, e.g. torch.nn.functional.pad(x, (0, "
+            f"(NVFP4 block size); pad K, e.g. torch.nn.functional.pad({name}, (0, "
             f"{-x.shape[-1] % BLOCK_SIZE}))"
         )
     if check_finite and x.numel() and not bool(torch.isfinite(x).all()):
@@ -73,7 +76,30 @@ def check_input(x: torch.Tensor, name: str = "x", check_finite: bool = True) -> 
         )
 
 
+def check_global_scale(global_scale: torch.Tensor | None, x: torch.Tensor,
+                       granularity: Granularity, check_finite: bool = True) -> None:
+    """Raises TypeError / ValueError unless global_scale is None or a tensor with one element
+    ("tensor") or one per row of x ("row"); with check_finite, also unless it is positive and
+    finite (a host sync, like check_input's)."""
+    if global_scale is None:
+        return
+    if not isinstance(global_scale, torch.Tensor):
+        raise TypeError(f"global_scale must be a torch.Tensor or None, got "
+                        f"{type(global_scale).__name__}")
+    rows = x.shape[:-1].numel()
+    want = rows if granularity == "row" else 1
+    if global_scale.numel() != want:
+        shape = f"(..., 1) with {rows} rows" if granularity == "row" else "0-dim"
+        raise ValueError(f"global_scale for granularity={granularity!r} must be {shape}, got "
+                         f"shape {tuple(global_scale.shape)}")
+    if check_finite and want and not bool(
+            (torch.isfinite(global_scale) & (global_scale > 0)).all()):
+        raise ValueError("global_scale must be positive and finite")
+
+
 def check_options(scale_rule, scale_search, granularity, scale_layout="row_major") -> None:
+    if not isinstance(scale_search, bool):
+        raise TypeError(f"scale_search must be True or False, got {scale_search!r}")
     if scale_rule not in ("rn", "fp8_exact"):
         raise ValueError(f"scale_rule must be 'rn' or 'fp8_exact', got {scale_rule!r}")
     if scale_search and scale_rule != "fp8_exact":
@@ -199,16 +225,21 @@ def quantize(
 
     global_scale: optional precomputed fp32 decode scale (0-dim, or (..., 1) with
     granularity="row"); by default it is derived from amax as documented above.
+    Not differentiable: the outputs carry no autograd history (a gradient would flow through
+    the global scale's amax alone).
     """
     check_input(x, "x", check_finite)
     check_options(scale_rule, scale_search, granularity)
+    check_global_scale(global_scale, x, granularity, check_finite)
+    x = x.detach()
     shape = x.shape
     K = shape[-1]
     xb = x.reshape(-1, K // BLOCK_SIZE, BLOCK_SIZE).float()  # (R, nb, 16)
     amax_blk = xb.abs().amax(-1) if xb.numel() else xb.new_zeros(xb.shape[:2])  # (R, nb)
     if global_scale is not None:
-        gs = global_scale.float().to(x.device)
+        gs = global_scale.detach().float().to(x.device)
         gs_rows = gs.reshape(-1, 1) if granularity == "row" else gs.reshape(1, 1)
+        gs = gs_rows.reshape(*shape[:-1], 1) if granularity == "row" else gs.reshape(())
     elif granularity == "row":
         amax_row = amax_blk.amax(-1, keepdim=True) if K else amax_blk.new_zeros(xb.shape[0], 1)
         gs_rows = global_scale_from_amax(amax_row, scale_rule)  # (R, 1)
@@ -244,6 +275,12 @@ def quantize(
     )
 
 
+def check_nvfp4_tensor(t, name: str = "t") -> None:
+    """TypeError unless t is an NVFP4Tensor (e.g. a dense tensor passed by mistake)."""
+    if not isinstance(t, NVFP4Tensor):
+        raise TypeError(f"{name} must be an NVFP4Tensor (from quantize), got {type(t).__name__}")
+
+
 def row_major_scales(t: NVFP4Tensor) -> torch.Tensor:
     """t.scales as (..., K/16) float8_e4m3fn whatever t.scale_layout is."""
     if t.scale_layout == "row_major":
@@ -255,6 +292,7 @@ def row_major_scales(t: NVFP4Tensor) -> torch.Tensor:
 
 def dequantize(t: NVFP4Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """NVFP4Tensor -> dense (..., K): (e2m1 * s_blk) * global_scale in fp32, then cast."""
+    check_nvfp4_tensor(t)
     K = t.K
     codes = unpack(t.data).reshape(-1, K // BLOCK_SIZE, BLOCK_SIZE)
     s = row_major_scales(t).float().reshape(-1, K // BLOCK_SIZE, 1)
@@ -271,6 +309,7 @@ def to_fp8_container(t: NVFP4Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     Hopper FP8 GEMM / attention kernels consume. "rn" tensors raise: their products are in
     general not E4M3 numbers (requantize with scale_rule="fp8_exact", or use the emulated path).
     """
+    check_nvfp4_tensor(t)
     if t.scale_rule != "fp8_exact":
         raise ValueError(
             f"to_fp8_container needs an 'fp8_exact' NVFP4 tensor, got scale_rule={t.scale_rule!r}; "

@@ -14,6 +14,15 @@ Granularity = Literal["tensor", "row"]
 BLOCK_SIZE = 16  # elements per E4M3 block scale, along the last (K) dimension
 
 
+def as_device(device, owner: str) -> torch.device:
+    """device for ``owner.to(device)``; TypeError for a dtype, which would cast the codes and
+    scales into garbage (their dtypes are the format)."""
+    if isinstance(device, torch.dtype):
+        raise TypeError(f"{owner}.to() takes a device, not a dtype ({device}): its storage "
+                        "dtypes are fixed; dequantize it for another dtype")
+    return torch.device(device)
+
+
 @dataclass(frozen=True)
 class NVFP4Tensor:
     """A tensor of logical shape ``shape == (..., K)`` stored in NVFP4.
@@ -59,6 +68,8 @@ class NVFP4Tensor:
         return sum(t.numel() * t.element_size() for t in (self.data, self.scales, self.global_scale))
 
     def to(self, device) -> NVFP4Tensor:
+        """A copy on ``device`` (a device only: the storage dtypes are fixed)."""
+        device = as_device(device, "NVFP4Tensor")
         return replace(
             self,
             data=self.data.to(device),
