@@ -23,6 +23,9 @@
 #                promotion" sweeps the fp32 promotion interval instead
 #   attn         attention benchmark vs cuDNN / FLASH SDPA
 #   attn-sweep   attention correctness + kernel-config sweep (ATTN_SWEEP_ARGS, default --quick)
+#   cudnn-fp8    cuDNN's own FP8 attention (per-tensor, graph.sdpa_fp8) vs cuDNN BF16 and our fp8 at
+#                issue 5's shapes, plus its accuracy (bench/cudnn_fp8_attention.py; needs the
+#                CUDNN_FE=1 wheel of fetch.sh)                               (~1.5 min)
 #   fmha-probe   CUTLASS's Hopper FMHA example (FP8 / fp16) vs cuDNN BF16 SDPA at FLUX.1 shapes
 #                (bench/fmha_probe.sh; prebuilt binaries: carry build/fmha_probe, else ~3 min build)
 #   toy          driver GPU tests (toy and real-model presets) + the toy-gpu Sol-RL run;
@@ -42,7 +45,7 @@
 # build/device_prebuilt/ and carry that folder, and the next call with the same csrc/ and
 # setup.py skips the build (~1.5-2 min of device time).
 set -uo pipefail
-PARTS="build tests ktests quant quant-sweep gemm gemm-sweep gemm-tune block transformer transformer-compile profile host attn attn-sweep fmha-probe toy train-memory train-attn pretrain"
+PARTS="build tests ktests quant quant-sweep gemm gemm-sweep gemm-tune block transformer transformer-compile profile host attn attn-sweep cudnn-fp8 fmha-probe toy train-memory train-attn pretrain"
 [ $# -gt 0 ] || set -- help
 for p in "$@"; do
   case " $PARTS " in *" $p "*) ;; *) echo "usage: $0 PART [PART ...], PART in: $PARTS"; exit 2 ;; esac
@@ -141,6 +144,9 @@ part() {
     build
     timeout 240 python3 -m pytest -q -p no:cacheprovider bench/test_bench_attention.py --benchmark-enable -s \
       2>&1 | tee "$OUT/attention_bench.log" | tail -30 ;;
+  cudnn-fp8)
+    build
+    timeout 240 python3 bench/cudnn_fp8_attention.py 2>&1 | tee "$OUT/cudnn_fp8.log" | grep -vi warn | tail -24 ;;
   attn-sweep)
     timeout "${ATTN_SWEEP_TIMEOUT:-240}" python3 bench/attention_sweep.py ${ATTN_SWEEP_ARGS:---quick} 2>&1 \
       | tee "$OUT/attention_sweep.log" | tail -40 ;;
