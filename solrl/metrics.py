@@ -276,6 +276,19 @@ def write_environment(run_dir: str, device: torch.device) -> None:
         f.write("\n".join([f"# session started {stamp}", *environment(device), ""]) + "\n")
 
 
+def spearman_per_group(a: torch.Tensor, b: torch.Tensor) -> float | None:
+    """Mean over groups (rows) of the Spearman rank correlation between a and b, e.g. the FP4
+    and BF16 rewards of the same seeds, [G, K]; groups with constant or non-finite values are
+    skipped (None when none is left)."""
+    from scipy.stats import spearmanr
+
+    vals = []
+    for x, y in zip(a.tolist(), b.tolist(), strict=True):
+        if len(set(x)) > 1 and len(set(y)) > 1 and all(map(math.isfinite, x + y)):
+            vals.append(float(spearmanr(x, y).statistic))
+    return sum(vals) / len(vals) if vals else None
+
+
 # --- checkpoints --------------------------------------------------------------------------------
 
 

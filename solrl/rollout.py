@@ -107,6 +107,13 @@ class Rollouts:
         return Rollouts(**out)
 
 
+def candidate_grid(n_prompts: int, per_prompt: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prompt_idx, candidate), each [n_prompts * per_prompt] int64, prompt-major."""
+    pidx = torch.arange(n_prompts).repeat_interleave(per_prompt)
+    cand = torch.arange(per_prompt).repeat(n_prompts)
+    return pidx, cand
+
+
 def initial_noise(
     seed: int,
     uids: torch.Tensor,

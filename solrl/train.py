@@ -7,6 +7,7 @@
     python -m solrl.train --resume runs/20250101-120000-toy-cpu iterations=30
     torchrun --nproc_per_node 8 -m solrl.train --preset sana model.path=...
     python -m solrl.train --help                             # every option
+    python -m solrl.fidelity --preset flux model.path=...    # does the preview rank like BF16?
 
 One iteration, top to bottom (`train` below):
     draw_prompts -> explore   (stage one: N candidates / prompt, NVFP4 linear layers, few steps)
@@ -41,6 +42,7 @@ from .metrics import (
     load_checkpoint,
     read_jsonl,
     save_checkpoint,
+    spearman_per_group,
     summary_table,
     truncate_jsonl,
     write_environment,
@@ -54,7 +56,7 @@ from .objectives import (
     nft_loss,
 )
 from .policy import Policy, old_decay, training_attention
-from .rollout import Rollouts, fp4_rollouts, generate, select_per_prompt
+from .rollout import Rollouts, candidate_grid, fp4_rollouts, generate, select_per_prompt
 from .sampling import sde_log_prob, sde_sigma_t, sde_step_mean, sigma_schedule
 from .seeds import STREAM_EVAL, derive_seed
 
@@ -202,6 +204,34 @@ def _read_prompt_file(path: str) -> list[str]:
     return lines
 
 
+def build_policy(cfg: Config, model: DiffusionModel, need_reference: bool | None = None) -> Policy:
+    """The trainable policy and its rollout copy, as configured (train.finetune, train.lora_*);
+    need_reference defaults to train.kl_beta > 0. LoRA targets matching no module raise
+    ConfigError."""
+    from .config import ConfigError
+
+    tc = cfg.train
+    try:
+        return Policy(
+            model,
+            finetune=tc.finetune,
+            lora_rank=tc.lora_rank,
+            lora_alpha=tc.lora_alpha,
+            lora_targets=tc.lora_targets,
+            need_reference=tc.kl_beta > 0 if need_reference is None else need_reference,
+            rollout_dtype=torch.bfloat16 if cfg.model.dtype == "bf16" else torch.float32,
+            mixed_precision=tc.mixed_precision,
+            init_seed=derive_seed(cfg.seed, TAG_INIT),
+            gradient_checkpointing=tc.gradient_checkpointing,
+        )
+    except ValueError as e:  # peft: no module matches the given target_modules
+        if tc.finetune != "lora" or not tc.lora_targets:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"train.lora_targets {list(tc.lora_targets)}: {first} (empty = the "
+                          "model adapter's defaults: train.lora_targets=)") from e  # fmt: skip
+
+
 def default_run_dir(cfg: Config) -> str:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return os.path.join("runs", f"{stamp}-{cfg.preset or 'custom'}")
@@ -259,27 +289,8 @@ def setup(
     if cfg.eval.every and not eval_prompts:
         raise ValueError("eval.every > 0 but there are no evaluation prompts")
 
-    rollout_dtype = torch.bfloat16 if cfg.model.dtype == "bf16" else torch.float32
     tc = cfg.train
-    try:
-        policy = Policy(
-            model,
-            finetune=tc.finetune,
-            lora_rank=tc.lora_rank,
-            lora_alpha=tc.lora_alpha,
-            lora_targets=tc.lora_targets,
-            need_reference=tc.kl_beta > 0,
-            rollout_dtype=rollout_dtype,
-            mixed_precision=tc.mixed_precision,
-            init_seed=derive_seed(cfg.seed, TAG_INIT),
-            gradient_checkpointing=tc.gradient_checkpointing,
-        )
-    except ValueError as e:  # peft: no module matches the given target_modules
-        if tc.finetune != "lora" or not tc.lora_targets:
-            raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"train.lora_targets {list(tc.lora_targets)}: {first} (empty = the "
-                          "model adapter's defaults: train.lora_targets=)") from e  # fmt: skip
+    policy = build_policy(cfg, model)
     optimizer = torch.optim.AdamW(
         policy.trainable_parameters(),
         lr=tc.lr,
@@ -369,13 +380,6 @@ def draw_prompts(run: Run, it: int) -> tuple[list[str], torch.Tensor]:
     return [prompts[i] for i in mine], uids
 
 
-def _grid(n_prompts: int, per_prompt: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """prompt_idx, candidate for n_prompts x per_prompt samples (prompt-major)."""
-    pidx = torch.arange(n_prompts).repeat_interleave(per_prompt)
-    cand = torch.arange(per_prompt).repeat(n_prompts)
-    return pidx, cand
-
-
 def eager_if_compile_fails(run: Run, sample: Callable[[torch.nn.Module], Rollouts],
                            net: torch.nn.Module) -> Rollouts:
     """sample(net). Where net is the compiled rollout copy and torch.compile fails on it (an
@@ -406,7 +410,7 @@ def explore(run: Run, prompts, uids, cond, show: int) -> Rollouts | None:
     steps = r.preview_steps if cfg.algorithm == "sol_rl" else r.steps
     full = cfg.algorithm != "sol_rl"  # these pools are trained on directly
     sde = r.noise_level if full and cfg.train.objective == "grpo" else None
-    pidx, cand = _grid(len(prompts), r.pool)
+    pidx, cand = candidate_grid(len(prompts), r.pool)
     # pools sample the rollout copy (compiled with train.compile), under rollout_mode for FP4;
     # BF16 pools for Flow-GRPO sample the policy itself (log-probs must match the training numerics)
     net = run.rollout_fast if sde is None else run.policy.net
@@ -447,7 +451,7 @@ def choose(run: Run, it: int, pool: Rollouts | None, n_prompts: int) -> tuple[to
     """Selection: (prompt_idx [S], candidate [S], skipped groups). bf16: candidates 0..K-1."""
     r = run.cfg.rollout
     if pool is None:
-        pidx, cand = _grid(n_prompts, r.select)
+        pidx, cand = candidate_grid(n_prompts, r.select)
         return pidx, cand, 0
     g = torch.Generator().manual_seed(derive_seed(run.cfg.seed, TAG_SELECT, it, run.rank))
     chosen, valid = select_per_prompt(pool.rewards.view(n_prompts, r.pool), r.select, r.selection, g)
@@ -672,18 +676,6 @@ def evaluate(run: Run) -> dict:
     return row
 
 
-def _spearman_per_group(fp4: torch.Tensor, bf16: torch.Tensor) -> float | None:
-    """Mean over prompt groups of the Spearman correlation between FP4 and BF16 rewards of the
-    same seeds (groups with constant rewards skipped). fp4, bf16: [G, K]."""
-    from scipy.stats import spearmanr
-
-    vals = []
-    for a, b in zip(fp4.tolist(), bf16.tolist()):
-        if len(set(a)) > 1 and len(set(b)) > 1 and all(map(math.isfinite, a + b)):
-            vals.append(float(spearmanr(a, b).statistic))
-    return sum(vals) / len(vals) if vals else None
-
-
 def _moments(x: torch.Tensor | None) -> tuple[float | None, float | None]:
     if x is None:
         return None, None
@@ -816,7 +808,7 @@ def train(
         spearman = None
         if cfg.algorithm == "sol_rl" and len(data):
             pre = pool.rewards[pidx * r.pool + cand]
-            spearman = _spearman_per_group(pre.view(-1, r.select), data.rewards.view(-1, r.select))
+            spearman = spearman_per_group(pre.view(-1, r.select), data.rewards.view(-1, r.select))
         if cfg.algorithm == "bf16_pool":
             bf16_rewards = pool.rewards
         fp4_m, fp4_s = _moments(fp4_rewards)

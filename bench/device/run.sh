@@ -30,6 +30,9 @@
 #                (bench/fmha_probe.sh; prebuilt binaries: carry build/fmha_probe, else ~3 min build)
 #   toy          driver GPU tests (toy and real-model presets) + the toy-gpu Sol-RL run;
 #                TOY_ARGS="train.compile=true ..." adds key=value overrides
+#   fidelity     python -m solrl.fidelity on the toy-gpu preset (4 rounds: 48 prompts x 64 seeds):
+#                the NVFP4 preview's ranking against BF16 full-step rollouts; FIDELITY_ARGS adds
+#                key=value overrides                                         (~1 min)
 #   train-memory peak GPU memory of one Sol-RL iteration on full-depth FLUX.1 / SD3.5-L / SANA
 #                (random weights), with and without gradient checkpointing (bench/train_memory.py;
 #                TRAIN_MEMORY_MODELS="flux1-dev sd35-large sana-1.6b", TRAIN_MEMORY_ARGS)  (~1-2 min each)
@@ -45,7 +48,7 @@
 # build/device_prebuilt/ and carry that folder, and the next call with the same csrc/ and
 # setup.py skips the build (~1.5-2 min of device time).
 set -uo pipefail
-PARTS="build tests ktests quant quant-sweep gemm gemm-sweep gemm-tune block transformer transformer-compile profile host attn attn-sweep cudnn-fp8 fmha-probe toy train-memory train-attn pretrain"
+PARTS="build tests ktests quant quant-sweep gemm gemm-sweep gemm-tune block transformer transformer-compile profile host attn attn-sweep cudnn-fp8 fmha-probe toy fidelity train-memory train-attn pretrain"
 [ $# -gt 0 ] || set -- help
 for p in "$@"; do
   case " $PARTS " in *" $p "*) ;; *) echo "usage: $0 PART [PART ...], PART in: $PARTS"; exit 2 ;; esac
@@ -161,6 +164,11 @@ part() {
     mkdir -p "$OUT/toy-gpu"
     cp /tmp/toy-gpu/*.jsonl /tmp/toy-gpu/reward.png /tmp/toy-gpu/summary.txt /tmp/toy-gpu/config.yaml \
       /tmp/toy-gpu/fp4_layers.txt "$OUT/toy-gpu/" ;;
+  fidelity)
+    build
+    timeout 300 python3 -m solrl.fidelity --preset toy-gpu --rounds 4 --out /tmp/fidelity log.progress=false \
+      ${FIDELITY_ARGS:-} 2>&1 | tee "$OUT/fidelity.log" | tail -8
+    cp /tmp/fidelity/fidelity.json /tmp/fidelity/fidelity.png "$OUT/" ;;
   train-memory)
     build
     for m in ${TRAIN_MEMORY_MODELS:-flux1-dev sd35-large sana-1.6b}; do
