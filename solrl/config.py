@@ -602,14 +602,15 @@ preset=NAME, config=FILE and resume=DIR mean the same as the flags.
 Defaults shown are those of the chosen preset."""
 
 
-def _pop_meta(argv: list[str]) -> tuple[dict[str, str], list[str]]:
-    """Extract --preset/--config/--resume (also written --preset=NAME or preset=NAME)."""
+def pop_flags(argv: list[str], names: tuple[str, ...] = _META) -> tuple[dict[str, str], list[str]]:
+    """Extract the flags `names` (default --preset/--config/--resume), each written --name VALUE,
+    --name=VALUE or name=VALUE: ({name: value}, the other items)."""
     meta, rest, i = {}, [], 0
     while i < len(argv):
         a = argv[i]
         name, eq, val = a.partition("=")
         key = name[2:] if name.startswith("--") else name
-        if key not in _META or not (name.startswith("--") or eq):
+        if key not in names or not (name.startswith("--") or eq):
             rest.append(a)
             i += 1
             continue
@@ -737,7 +738,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     import tyro
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    meta, rest = _pop_meta(argv)
+    meta, rest = pop_flags(argv)
     base = to_dict(_defaults(Config))
     if "resume" in meta:
         run_dir = meta["resume"]

@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .config import Config, ConfigError, parse_args, to_dict
+from .config import Config, ConfigError, parse_args, pop_flags, to_dict
 from .metrics import environment, latest_checkpoint, load_checkpoint, spearman_per_group
 from .rollout import candidate_grid, fp4_rollouts, generate
 from .seeds import derive_seed
@@ -106,11 +106,10 @@ def compare(rewards: torch.Tensor, reference: torch.Tensor, k: int, strategy: st
     """spearman, agreement, contrast (module doc) of rewards against reference, both [P, N];
     prompts with a non-finite reward are left out (None where no prompt is left; contrast also
     where K < 2 or the reference's own pick has no gap)."""
+    finite = torch.isfinite(rewards).all(1) & torch.isfinite(reference).all(1)
     agreement, gap, oracle_gap = [], 0.0, 0.0
-    for g in range(rewards.shape[0]):
+    for g in torch.nonzero(finite).flatten().tolist():
         a, b = rewards[g], reference[g]
-        if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-            continue
         # the same generator state for both picks ("random" then picks the same seeds)
         pick = select(a, k, strategy, torch.Generator().manual_seed(seed + g))
         best = select(b, k, strategy, torch.Generator().manual_seed(seed + g))
@@ -118,7 +117,6 @@ def compare(rewards: torch.Tensor, reference: torch.Tensor, k: int, strategy: st
         if k >= 2:
             gap += _half_gap(a, b, pick)
             oracle_gap += _half_gap(b, b, best)
-    finite = torch.isfinite(rewards).all(1) & torch.isfinite(reference).all(1)
     return {
         "spearman": spearman_per_group(rewards[finite], reference[finite]),
         "agreement": sum(agreement) / len(agreement) if agreement else None,
@@ -141,8 +139,6 @@ def fidelity(cfg: Config, out_dir: str, rounds: int = 1, model=None, reward_fn=N
         raise ConfigError(f"--rounds must be >= 1, got {rounds}")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("solrl.fidelity runs in one process: start it with python -m, not torchrun")
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but no CUDA device is available; use device=cpu or device=auto")
     ckpt = None
     if cfg.resume:
         ckpt = latest_checkpoint(cfg.resume)
@@ -151,6 +147,7 @@ def fidelity(cfg: Config, out_dir: str, rounds: int = 1, model=None, reward_fn=N
     report_path = os.path.join(out_dir, "fidelity.json")
     if os.path.exists(report_path):
         raise ConfigError(f"{out_dir} already holds a fidelity report; choose another --out")
+    os.makedirs(out_dir, exist_ok=True)  # before the generation: an unwritable --out fails now
     device = init_distributed(cfg)[0]
     model = model if model is not None else load_model(cfg, device)
     reward_fn = reward_fn if reward_fn is not None else load_reward(cfg, device)
@@ -200,7 +197,6 @@ def fidelity(cfg: Config, out_dir: str, rounds: int = 1, model=None, reward_fn=N
     report = {"pool": r.pool, "select": r.select, "selection": r.selection, "rounds": rounds,
               "prompts": prompts_all, "resume": cfg.resume, "variants": rows,
               "environment": environment(device), "config": to_dict(cfg)}  # fmt: skip
-    os.makedirs(out_dir, exist_ok=True)
     with open(report_path + ".tmp", "w") as f:
         json.dump(report, f, indent=1, allow_nan=False)
     os.replace(report_path + ".tmp", report_path)
@@ -269,21 +265,6 @@ def plot(report: dict, path: str) -> None:
     os.replace(path + ".tmp.png", path)
 
 
-def _pop_flag(argv: list[str], name: str) -> str | None:
-    """Remove `--name VALUE` or `--name=VALUE` from argv; its value, or None."""
-    for i, a in enumerate(argv):
-        if a == f"--{name}":
-            if i + 1 >= len(argv):
-                raise ConfigError(f"--{name} needs a value")
-            val = argv[i + 1]
-            del argv[i : i + 2]
-            return val
-        if a.startswith(f"--{name}="):
-            del argv[i]
-            return a.split("=", 1)[1]
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     """The command line (module doc). Exit status 0, or 2 with `solrl: error: ...` for a
     user's mistake."""
@@ -292,8 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         return 0
     try:
-        out = _pop_flag(argv, "out")
-        rounds_text = _pop_flag(argv, "rounds") or "1"
+        flags, argv = pop_flags(argv, ("out", "rounds"))
+        out, rounds_text = flags.get("out"), flags.get("rounds", "1")
         if not rounds_text.isdigit():
             raise ConfigError(f"--rounds must be a positive integer, got {rounds_text!r}")
         cfg = parse_args(argv)

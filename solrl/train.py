@@ -34,7 +34,15 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .config import Config, parse_args, save_yaml, to_dict
+from .config import (
+    Config,
+    ConfigError,
+    RunExistsError,
+    check_resume,
+    parse_args,
+    save_yaml,
+    to_dict,
+)
 from .metrics import (
     RunLogger,
     checkpoint_state,
@@ -110,7 +118,7 @@ def init_distributed(cfg: Config) -> tuple[torch.device, int, int]:
     if want == "auto":
         want = "cuda" if torch.cuda.is_available() else "cpu"
     if want == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda but torch.cuda.is_available() is False; use device=cpu")
+        raise ConfigError("device=cuda but no CUDA device is available; use device=cpu or device=auto")
     if want == "cuda":
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
@@ -193,8 +201,6 @@ def spread(items: list[str], n: int) -> list[str]:
 
 
 def _read_prompt_file(path: str) -> list[str]:
-    from .config import ConfigError
-
     if not os.path.isfile(path):
         raise ConfigError(f"prompt file {path!r} does not exist")
     with open(path) as f:
@@ -208,8 +214,6 @@ def build_policy(cfg: Config, model: DiffusionModel, need_reference: bool | None
     """The trainable policy and its rollout copy, as configured (train.finetune, train.lora_*);
     need_reference defaults to train.kl_beta > 0. LoRA targets matching no module raise
     ConfigError."""
-    from .config import ConfigError
-
     tc = cfg.train
     try:
         return Policy(
@@ -247,10 +251,6 @@ def setup(
     """Build the run; model / reward / prompts may be injected (tests, library use). Mistakes
     found before any loading (no GPU, no run to resume or one it cannot continue, a run already
     in log.run_dir, a model folder without model_index.json) raise ConfigError."""
-    from .config import ConfigError, RunExistsError, check_resume
-
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but no CUDA device is available; use device=cpu or device=auto")
     ckpt = state = None
     if cfg.resume:
         if not os.path.isdir(cfg.resume):
@@ -878,8 +878,6 @@ def main(argv: list[str] | None = None) -> int:
     line `solrl: error: ...` on stderr, as tyro's own errors), 130 for Ctrl-C (with the command
     that continues the run); other exceptions keep their traceback."""
     import shlex
-
-    from .config import ConfigError
 
     cfg = None
     try:
