@@ -37,7 +37,6 @@ fidelity/<time>-<preset>), and prints the table.
 
 from __future__ import annotations
 
-import datetime
 import json
 import math
 import os
@@ -56,10 +55,12 @@ from .train import (
     TAG_PROMPTS,
     TAG_SELECT,
     build_policy,
+    default_run_dir,
     init_distributed,
     load_model,
     load_reward,
     prompt_source,
+    sync,
 )
 
 
@@ -124,11 +125,6 @@ def compare(rewards: torch.Tensor, reference: torch.Tensor, k: int, strategy: st
     }
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)  # syncs: per-variant wall-clock of finished GPU work
-
-
 def fidelity(cfg: Config, out_dir: str, rounds: int = 1, model=None, reward_fn=None,
              prompt_fn=None) -> dict:
     """Generate, compare, write fidelity.json and fidelity.png into out_dir (module doc); returns
@@ -174,12 +170,12 @@ def fidelity(cfg: Config, out_dir: str, rounds: int = 1, model=None, reward_fn=N
         for v in todo:
             with fp4_rollouts(net, v.linear, v.attention, r.fp4_min_features, r.fp4_exclude) as rep:
                 swapped[v.name] = None if rep is None else len(rep.swapped)
-                _sync(device)
+                sync(device)
                 t0 = time.perf_counter()
                 out = generate(model, net, cond, prompts, pidx, cand, uids, seed=cfg.seed,
                                steps=v.steps, shift=shift, batch_size=r.batch_size,
                                reward_fn=reward_fn, progress=bar)  # fmt: skip
-                _sync(device)
+                sync(device)
                 seconds[v.name] += time.perf_counter() - t0
             rewards[v.name].append(out.rewards.view(len(prompts), r.pool))
     bar.close()
@@ -246,7 +242,7 @@ def plot(report: dict, path: str) -> None:
         ax.set_title(f"one point per seed, one colour per prompt; mean spearman {sp}", fontsize=9)
         ax.grid(alpha=0.3)
     names = ("spearman", "agreement", "contrast")
-    width = 0.8 / max(1, len(names))
+    width = 0.8 / len(names)
     for i, name in enumerate(names):
         vals = [v[name] if v[name] is not None else 0.0 for v in others]
         bx.bar([j + i * width for j in range(len(others))], vals, width, label=name)
@@ -278,8 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         if not rounds_text.isdigit():
             raise ConfigError(f"--rounds must be a positive integer, got {rounds_text!r}")
         cfg = parse_args(argv)
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = out or os.path.join("fidelity", f"{stamp}-{cfg.preset or 'custom'}")
+        out = out or default_run_dir(cfg, root="fidelity")
         report = fidelity(cfg, out, int(rounds_text))
     except ConfigError as e:
         print(f"solrl: error: {e}", file=sys.stderr)

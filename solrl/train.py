@@ -236,9 +236,10 @@ def build_policy(cfg: Config, model: DiffusionModel, need_reference: bool | None
                           "model adapter's defaults: train.lora_targets=)") from e  # fmt: skip
 
 
-def default_run_dir(cfg: Config) -> str:
+def default_run_dir(cfg: Config, root: str = "runs") -> str:
+    """root/<time>-<preset>: a new folder name for a run (or solrl.fidelity's report)."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return os.path.join("runs", f"{stamp}-{cfg.preset or 'custom'}")
+    return os.path.join(root, f"{stamp}-{cfg.preset or 'custom'}")
 
 
 def setup(
